@@ -1,0 +1,27 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+CONTEXT = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
+DEFAULT_SLUG = "contoso-support-assistant"
+
+
+def bake(out_dir: Path, **answers) -> Path:
+    """Generate a project with the real cookiecutter (hooks included) and return its folder."""
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=answers, output_dir=str(out_dir)))
+
+
+def run_cli(args: list[str], cwd: Path, input_text: str | None = None, timeout: int = 600):
+    return subprocess.run(
+        args, cwd=cwd, input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def python():
+    return sys.executable

@@ -1,0 +1,134 @@
+"""Answers are validated before anything is written; hostile answers stay data."""
+
+import json
+import sys
+
+import pytest
+from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake, run_cli
+
+BAD_ANSWERS = [
+    ({"project_slug": "Bad Slug"}, "project_slug"),
+    ({"project_slug": "../escape"}, "project_slug"),
+    ({"project_name": "   "}, "project_name"),
+    ({"lora_r": "0"}, "lora_r"),
+    ({"lora_r": "sixty-four"}, "lora_r"),
+    ({"lora_alpha": "0"}, "lora_alpha"),
+    ({"lora_dropout": "1"}, "lora_dropout"),
+    ({"lora_dropout": "-0.1"}, "lora_dropout"),
+    ({"learning_rate": "0"}, "learning_rate"),
+    ({"learning_rate": "nan"}, "learning_rate"),
+    ({"max_steps": "0"}, "max_steps"),
+    ({"per_device_train_batch_size": "0"}, "per_device_train_batch_size"),
+    ({"gradient_accumulation_steps": "1.5"}, "gradient_accumulation_steps"),
+    ({"seed": "-1"}, "seed"),
+    ({"data_seed": "x"}, "data_seed"),
+    ({"max_grad_norm": "0"}, "max_grad_norm"),
+    ({"adam_beta2": "1"}, "adam_beta2"),
+    ({"max_seq_len": "8192"}, "max_seq_len"),  # Phi-3-mini-4k's context is 4096
+    ({"max_seq_len": "4"}, "max_seq_len"),
+    ({"question_column": "q.text"}, "question_column"),
+    ({"answer_column": "{answer}"}, "answer_column"),
+    ({"answer_column": ""}, "answer_column"),
+    ({"answer_column": "Question"}, "answer_column"),
+    ({"finetune_method": "none", "onnx_precision": "none"}, "onnx_precision"),
+    ({"execution_provider": "cpu", "onnx_precision": "fp16"}, "onnx_precision"),
+]
+
+
+@pytest.mark.parametrize(("answers", "field"), BAD_ANSWERS, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD_ANSWERS)])
+def test_bad_answer_is_refused_with_one_line_and_no_folder(tmp_path, answers, field):
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE)]
+    result = run_cli(args + [f"{k}={v}" for k, v in answers.items()], tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ") and "Stopping" not in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"ERROR: {field}: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_context_model_accepts_long_sequences(tmp_path):
+    project = bake(tmp_path, base_model="microsoft/Phi-3.5-mini-instruct", max_seq_len="8192")
+    config = json.loads((project / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
+    assert config["data_configs"][0]["pre_process_data_config"]["max_seq_len"] == 8192
+
+
+HOSTILE_NAMES = [
+    'Say "hi"',
+    "It's mine",
+    "back\\slash\\",
+    "Café Ünïcode 東京 🚀",
+    "{{ cookiecutter.project_slug }} and {% raw %}",
+    '"""; import os; os.system("echo pwned") #',
+]
+
+
+def prompt_answers(name: str, slug: str) -> str:
+    """Answer the real interactive prompts: the name, the slug, then the default for everything else."""
+    prompts = [k for k in CONTEXT if not k.startswith("_")]
+    lines = [name, slug] + [""] * (len(prompts) - 2)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_hostile_project_name_is_data(tmp_path, name):
+    args = [sys.executable, "-m", "cookiecutter", "--output-dir", str(tmp_path), str(TEMPLATE)]
+    result = run_cli(args, tmp_path, input_text=prompt_answers(name, "hostile"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "pwned" not in result.stdout.splitlines()  # the echo would print it on a line of its own
+    project = tmp_path / "hostile"
+    facts = json.loads((project / "setup/project.json").read_text(encoding="utf-8"))
+    assert facts["project_name"] == name
+    answers = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))["cookiecutter"]
+    assert answers["project_name"] == name
+    assert name.splitlines()[0] in (project / "README.md").read_text(encoding="utf-8")
+    for path in project.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8").replace(name, "")
+            for token in ("{{", "{%"):
+                assert token not in text, path
+            if path.suffix == ".py":
+                compile(text, str(path), "exec")
+
+
+def test_newline_in_name_still_gives_valid_files(tmp_path):
+    project = bake(tmp_path, project_name="two\nlines")
+    assert json.loads((project / "setup/project.json").read_text(encoding="utf-8"))["project_name"] == "two\nlines"
+
+
+def test_default_slug_is_derived_from_the_name(tmp_path):
+    project = bake(tmp_path, project_name="Fabrikam Legal Q&A")
+    assert project.name == "fabrikam-legal-q-a"
+
+
+def test_answers_file_replays_to_the_same_project(tmp_path):
+    first = bake(tmp_path / "a", finetune_method="qlora", lora_r="16", question_column="prompt", answer_column="reply")
+    replay = tmp_path / "replay.json"
+    replay.write_text((first / ".cookiecutter.json").read_text(encoding="utf-8"), encoding="utf-8")
+    args = [sys.executable, "-m", "cookiecutter", "--replay-file", str(replay), "--output-dir", str(tmp_path / "b"),
+            str(TEMPLATE)]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    second = tmp_path / "b" / DEFAULT_SLUG
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for relative in files:
+        assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_generation_prints_next_steps(tmp_path):
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE)]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0
+    assert "python setup/smoke.py" in result.stdout
+    assert "hf download microsoft/Phi-3-mini-4k-instruct" in result.stdout
+
+
+def test_pins_are_the_installed_test_environment():
+    """The pinned set is what these tests ran on: the constraints file is made from the same table."""
+    from importlib.metadata import version
+
+    for name, pinned in CONTEXT["_pins"].items():
+        if name in ("onnxruntime-gpu", "onnxruntime-genai-cuda"):
+            continue  # CUDA builds: the CPU twins with the same version are checked instead
+        installed = version(name)
+        assert installed.split("+")[0] == pinned, name

@@ -1,0 +1,149 @@
+"""Bake every valid combination of the choice prompts and check what lands on disk."""
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake
+
+METHODS, TARGETS = CONTEXT["finetune_method"], CONTEXT["compute_target"]
+PROVIDERS, PRECISIONS = CONTEXT["execution_provider"], CONTEXT["onnx_precision"]
+MODELS = CONTEXT["base_model"]
+LEFTOVERS = ("{{", "}}", "{%", "%}")
+
+
+def valid(method, provider, precision) -> bool:
+    return not (method == "none" and precision == "none") and not (precision == "fp16" and provider == "cpu")
+
+
+COMBOS = [
+    combo for combo in itertools.product(METHODS, TARGETS, PROVIDERS, PRECISIONS) if valid(combo[0], *combo[2:])
+]
+# base_model does not change which passes exist, so it is cycled over the combinations rather than multiplied
+CASES = [(*combo, MODELS[i % len(MODELS)]) for i, combo in enumerate(COMBOS)]
+
+COMMON_FILES = {
+    ".cookiecutter.json",
+    ".gitignore",
+    "README.md",
+    "datasets/README.md",
+    "datasets/dataset.jsonl",
+    "fine-tuning/README.md",
+    "fine-tuning/check_config.py",
+    "fine-tuning/olive-config.json",
+    "fine-tuning/run.py",
+    "gen-model/README.md",
+    "inferences/README.md",
+    "inferences/chat.py",
+    "model-cache/README.md",
+    "setup/README.md",
+    "setup/project.json",
+    "setup/project.py",
+    "setup/requirements.txt",
+    "setup/smoke.py",
+    "setup/tiny_model.py",
+}
+AZURE_FILES = {"fine-tuning/azureml/README.md", "fine-tuning/azureml/job.yml"}
+
+
+def files_of(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_combinations_cover_every_choice():
+    assert len(CASES) == 38
+    for index, values in enumerate((METHODS, TARGETS, PROVIDERS, PRECISIONS, MODELS)):
+        assert {case[index] for case in CASES} == set(values)
+
+
+def test_model_table_matches_choices_and_prompts():
+    assert list(CONTEXT["_models"]) == MODELS
+    for model in CONTEXT["_models"].values():
+        assert model["chat_format"] in CONTEXT["_chat_formats"]
+        assert model["lora_target_modules"]
+    prompted = {k for k in CONTEXT if not k.startswith("_")}
+    assert prompted == set(CONTEXT["__prompts__"]), "every prompt has help text"
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bakes")
+    projects = {}
+    for i, (method, target, provider, precision, model) in enumerate(CASES):
+        projects[(method, target, provider, precision, model)] = bake(
+            root / str(i),
+            finetune_method=method,
+            compute_target=target,
+            execution_provider=provider,
+            onnx_precision=precision,
+            base_model=model,
+        )
+    return projects
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c).replace("microsoft/", ""))
+def test_bake_writes_exact_tree_with_valid_files(baked, case):
+    method, target, provider, precision, model = case
+    project = baked[case]
+    assert project.name == DEFAULT_SLUG
+    expected = COMMON_FILES | (AZURE_FILES if target == "azureml" else set())
+    assert files_of(project) == expected
+
+    for path in project.rglob("*"):
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        for token in LEFTOVERS:
+            assert token not in text, f"{path.relative_to(project)} keeps {token!r}"
+        if path.suffix == ".json":
+            json.loads(text)
+        elif path.suffix == ".jsonl":
+            [json.loads(line) for line in text.splitlines()]
+        elif path.suffix in (".yml", ".yaml"):
+            yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            tomllib.loads(text)
+        elif path.suffix == ".py":
+            compile(text, str(path), "exec")
+
+    config = json.loads((project / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
+    passes = [spec["type"] for spec in config["passes"].values()]
+    trains = {"lora": ["LoRA", "MergeAdapterWeights"], "qlora": ["QLoRA", "MergeAdapterWeights"], "none": []}
+    assert passes == trains[method] + ([] if precision == "none" else ["ModelBuilder"])
+    assert config["input_model"] == {
+        "type": "HfModel",
+        "model_path": f"model-cache/{model}",
+        "load_kwargs": {"trust_remote_code": False},
+    }
+    accelerator = config["systems"]["local_system"]["accelerators"][0]
+    assert accelerator["execution_providers"] == [
+        "CUDAExecutionProvider" if provider == "cuda" else "CPUExecutionProvider"
+    ]
+    assert "<|user|>" in (project / "fine-tuning/olive-config.json").read_text(encoding="utf-8") or method == "none"
+
+    requirements = (project / "setup/requirements.txt").read_text(encoding="utf-8")
+    pins = CONTEXT["_pins"]
+    genai = "onnxruntime-genai-cuda" if provider == "cuda" else "onnxruntime-genai"
+    assert f"{genai}=={pins[genai]}" in requirements.splitlines()
+    assert ("bitsandbytes==" in requirements) == (method == "qlora")
+    for line in requirements.splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            assert pins[name] == version
+
+
+def test_generated_python_passes_ruff(baked):
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    for case in CASES:
+        result = subprocess.run(
+            [ruff, "check", "--no-cache", "--isolated", "--line-length", "120", "--select", "E,F,W,B,UP,I",
+             "--target-version", "py310", str(baked[case])],
+            capture_output=True, text=True, check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

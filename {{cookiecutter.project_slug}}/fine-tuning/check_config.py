@@ -1,0 +1,112 @@
+"""Check an Olive workflow config the way `olive run` will read it, and fail where Olive would only warn.
+
+olive-ai ignores unknown pass keys, unknown TrainingArguments fields and unknown text-generation options with a
+warning, then trains with defaults; it also prunes a ModelBuilder precision the execution provider cannot run.
+This builds each pass's config with Olive's own machinery for the configured accelerator and turns those
+warnings into errors, so a typo costs seconds instead of a GPU run.
+
+    python fine-tuning/check_config.py [fine-tuning/olive-config.json]
+"""
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+IGNORED_MARKERS = ("Ignoring", "not part of", "is not a field of")
+
+
+class _Collector(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if any(marker in message for marker in IGNORED_MARKERS) or "pruned" in message:
+            self.messages.append(message)
+
+
+def _accelerator_specs(run_config):
+    from olive.hardware.accelerator import AcceleratorSpec, Device
+
+    target = run_config.engine.target or run_config.engine.host
+    accelerators = target.config.accelerators or []
+    specs = []
+    for accelerator in accelerators:
+        for provider in accelerator.execution_providers or []:
+            specs.append(AcceleratorSpec(accelerator_type=Device(accelerator.device), execution_provider=provider))
+    if not specs:
+        raise ValueError("the target system names no accelerator/execution provider")
+    return specs
+
+
+def check(config_path: Path) -> list[str]:
+    """Return the problems found; an empty list means Olive reads every key."""
+    from olive.common.config_utils import validate_config
+    from olive.data.component.text_generation import TextGenParams
+    from olive.package_config import OlivePackageConfig
+    from olive.workflows.run.config import RunConfig
+
+    collector = _Collector()
+    olive_logger = logging.getLogger("olive")
+    olive_logger.addHandler(collector)
+    problems: list[str] = []
+    try:
+        run_config = RunConfig.parse_file_or_obj(str(config_path))
+        package_config = OlivePackageConfig.load_default_config()
+
+        # Olive adds model_name/task/trust_remote_code itself; only the user's keys are checked here.
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        for data_config in raw.get("data_configs", []):
+            params = dict(data_config.get("pre_process_data_config") or {})
+            params.pop("type", None)
+            validate_config(params, TextGenParams, warn_unused_keys=True)
+
+        for spec in _accelerator_specs(run_config):
+            for name, pass_configs in (run_config.passes or {}).items():
+                for pass_config in pass_configs:
+                    pass_cls = package_config.import_pass_module(pass_config.type)
+                    built = pass_cls.generate_config(spec, pass_config.config, {}, True)
+                    if not pass_cls.validate_config(built, spec):
+                        problems.append(
+                            f"passes.{name}: Olive prunes this {pass_config.type} config for {spec} "
+                            "(e.g. fp16 needs the CUDA provider); it would produce no model"
+                        )
+                    training_args = getattr(built, "training_args", None)
+                    if training_args is not None:
+                        with tempfile.TemporaryDirectory() as tmp:
+                            training_args.output_dir = tmp
+                            training_args.create_training_args()
+                            training_args.output_dir = None
+    finally:
+        olive_logger.removeHandler(collector)
+    problems.extend(f"Olive would ignore a setting: {message}" for message in collector.messages)
+    return problems
+
+
+def main(argv=None) -> int:
+    default = Path(__file__).resolve().parent / "olive-config.json"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", type=Path, default=default, help="Olive workflow config (JSON)")
+    args = parser.parse_args(argv)
+    if not args.config.is_file():
+        print(f"ERROR: {args.config}: no such file", file=sys.stderr)
+        return 2
+    try:
+        problems = check(args.config)
+    except Exception as error:  # noqa: BLE001 - any parse error is the user's config, say it in one line
+        print(f"ERROR: {args.config}: Olive cannot read it: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"ERROR: {args.config}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"OK: {args.config}: every pass, training argument and data option is read by Olive")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Run the Olive workflow and put each model it makes where the rest of the project looks for it.
+
+    python fine-tuning/run.py [--config fine-tuning/olive-config.json]
+
+Runs `olive run` from the project root (every path in the config is relative to it) with telemetry off,
+then copies the adapter and the merged model out of Olive's cache into gen-model/, plots the training loss,
+and exits non-zero when Olive made no model: olive-ai 0.13 can log "No output model produced" and still
+exit 0.
+"""
+
+import argparse
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "setup"))
+import project  # noqa: E402
+
+LOG_DICT = re.compile(r"\{'(?:loss|eval_loss)'.*?\}")
+
+
+class WorkflowError(RuntimeError):
+    """The workflow did not produce what the config asks for; the message says what to do."""
+
+
+def _resolve(path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else project.ROOT / candidate
+
+
+def preflight(config: dict) -> None:
+    model_path = _resolve(config["input_model"]["model_path"])
+    if not (model_path / "config.json").is_file():
+        model = project.load()["base_model"]
+        raise WorkflowError(
+            f"{model_path}: no base model there; download it with "
+            f"`hf download {model} --local-dir {model_path}` (or run `python setup/smoke.py` for the offline "
+            "smoke run)"
+        )
+    for data_config in config.get("data_configs", []):
+        files = data_config.get("load_dataset_config", {}).get("data_files")
+        for name in [files] if isinstance(files, str) else files or []:
+            if not _resolve(name).is_file():
+                raise WorkflowError(f"{name}: training data not found; put your data there (see datasets/README.md)")
+
+
+def run_olive(config_path: Path, log_path: Path) -> str:
+    """Run `olive run`, echoing its output and keeping it in log_path; return the whole log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "olive", "run", "--config", str(config_path)]
+    lines = []
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+        command,
+        cwd=project.ROOT,
+        env=project.olive_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+            lines.append(line)
+        returncode = process.wait()
+    output = "".join(lines)
+    if returncode != 0:
+        raise WorkflowError(f"olive run failed (exit {returncode}); the last lines above say why; log: {log_path}")
+    if "No output model produced" in output:
+        raise WorkflowError(f"olive run produced no model (a pass failed or was pruned); see {log_path}")
+    return output
+
+
+def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
+    """Copy the adapter and merged model out of Olive's cache; return where each model is."""
+    output_dir = _resolve(config["output_dir"])
+    footprint_file = output_dir / "footprint.json"
+    if not footprint_file.is_file():
+        raise WorkflowError(f"{output_dir}: Olive wrote no footprint.json, so no model was produced")
+    nodes = json.loads(footprint_file.read_text(encoding="utf-8"))
+    pass_types = {name: spec["type"].lower() for name, spec in config["passes"].items()}
+    found: dict[str, Path] = {}
+    for node in nodes.values():
+        model_config = (node.get("model_config_data") or {}).get("config", {})
+        kind = pass_types.get(node.get("from_pass") or "", (node.get("from_pass") or "").lower())
+        if kind in ("lora", "qlora") and model_config.get("adapter_path"):
+            found["adapter"] = _copy(Path(model_config["adapter_path"]), gen_dir / "adapter")
+        elif kind == "mergeadapterweights":
+            final = "modelbuilder" not in pass_types.values()
+            found["merged"] = output_dir if final else _copy(Path(model_config["model_path"]), gen_dir / "merged")
+        elif kind == "modelbuilder":
+            found["onnx"] = output_dir
+    expected = {"lora": "adapter", "qlora": "adapter", "mergeadapterweights": "merged", "modelbuilder": "onnx"}
+    missing = [expected[kind] for kind in pass_types.values() if expected.get(kind) and expected[kind] not in found]
+    if "onnx" in expected.values() and "onnx" in found and not any(output_dir.glob("*.onnx")):
+        missing.append("onnx")
+    if missing:
+        raise WorkflowError(f"olive run finished without the {', '.join(missing)} model(s); see the log above")
+    return found
+
+
+def _copy(source: Path, destination: Path) -> Path:
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(source, destination)
+    return destination
+
+
+def parse_losses(log_text: str) -> dict[str, list[float]]:
+    losses = {"loss": [], "eval_loss": []}
+    for match in LOG_DICT.finditer(log_text):
+        try:
+            record = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            continue
+        for key in losses:
+            if key in record:
+                losses[key].append(float(record[key]))
+    return losses
+
+
+def plot_losses(losses: dict[str, list[float]], training_args: dict, png: Path) -> Path | None:
+    if not losses["loss"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    every = training_args.get("logging_steps", 1)
+    axes.plot([every * (i + 1) for i in range(len(losses["loss"]))], losses["loss"], marker=".", label="train")
+    if losses["eval_loss"]:
+        every_eval = training_args.get("eval_steps", every)
+        xs = [every_eval * (i + 1) for i in range(len(losses["eval_loss"]))]
+        axes.plot(xs, losses["eval_loss"], marker="o", label="eval")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(png, dpi=100)
+    plt.close(figure)
+    return png
+
+
+def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Path]:
+    config_path = config_path.resolve()
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    gen_dir = gen_dir or project.GEN_MODEL
+    preflight(config)
+    log_text = run_olive(config_path, gen_dir / "olive-run.log")
+    found = collect_outputs(config, gen_dir)
+    training_args = next((p.get("training_args", {}) for p in config["passes"].values() if "training_args" in p), {})
+    png = plot_losses(parse_losses(log_text), training_args, gen_dir / "training-loss.png")
+    if png:
+        found["loss plot"] = png
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=project.OLIVE_CONFIG, help="Olive workflow config")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        found = run_workflow(args.config)
+    except WorkflowError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs:")
+    for name, path in found.items():
+        print(f"  {name:10s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

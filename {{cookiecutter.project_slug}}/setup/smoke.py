@@ -1,0 +1,139 @@
+"""Offline smoke run: the project's own Olive workflow, end to end, on a tiny model of the same architecture.
+
+    python setup/smoke.py
+
+Builds a tiny random model and tokenizer (no download), derives a smoke config from
+fine-tuning/olive-config.json (only the model path, step counts, sequence length and output folders change,
+plus the CPU provider when this machine has no CUDA GPU), runs it through fine-tuning/run.py, then answers one
+prompt with each backend. Everything lands in gen-model/smoke/; the answers are noise (random weights): the
+run proves the pipeline, not the model.
+"""
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SETUP = Path(__file__).resolve().parent
+sys.path.insert(0, str(SETUP))
+sys.path.insert(0, str(SETUP.parent / "fine-tuning"))
+sys.path.insert(0, str(SETUP.parent / "inferences"))
+import chat  # noqa: E402
+import project  # noqa: E402
+import run  # noqa: E402
+import tiny_model  # noqa: E402
+
+SMOKE_STEPS = 6
+SMOKE_SEQ_LEN = 128
+NEW_TOKENS = 12
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tuple[dict, list[str]]:
+    """The project's config with only the smoke-run changes; returns it and a line per change."""
+    smoke = copy.deepcopy(config)
+    changes = [f"input model -> {model_dir}"]
+    smoke["input_model"]["model_path"] = str(model_dir)
+    for data_config in smoke.get("data_configs", []):
+        data_config["pre_process_data_config"]["max_seq_len"] = SMOKE_SEQ_LEN
+        files = data_config["load_dataset_config"]["data_files"]
+        data_config["load_dataset_config"]["data_files"] = str(project.ROOT / files)
+    if smoke.get("data_configs"):
+        changes.append(f"max_seq_len -> {SMOKE_SEQ_LEN}")
+    for spec in smoke["passes"].values():
+        if "training_args" in spec:
+            spec["training_args"].update(max_steps=SMOKE_STEPS, eval_steps=SMOKE_STEPS // 2, logging_steps=1)
+            changes.append(f"max_steps -> {SMOKE_STEPS} (eval every {SMOKE_STEPS // 2}, log every step)")
+    final = "onnx" if any(s["type"] == "ModelBuilder" for s in smoke["passes"].values()) else "merged"
+    smoke["output_dir"] = str(work / final)
+    smoke["cache_dir"] = str(work / "olive-cache")
+    changes.append(f"outputs -> {work}")
+    accelerators = smoke["systems"]["local_system"]["accelerators"]
+    if not cuda and accelerators[0]["execution_providers"] != ["CPUExecutionProvider"]:
+        accelerators[:] = [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]
+        changes.append("no CUDA GPU here: ONNX model built for the CPU provider")
+        for spec in smoke["passes"].values():
+            if spec["type"] == "ModelBuilder" and spec.get("precision") == "fp16":
+                spec["precision"] = "fp32"
+                changes.append("fp16 needs CUDA: ONNX precision fp32 for the smoke run")
+    return smoke, changes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=project.GEN_MODEL / "smoke", help="where everything lands")
+    parser.add_argument("--prompt", help="question to ask each backend (default: the first in datasets/)")
+    args = parser.parse_args(argv)
+    facts = project.load()
+    work = args.work_dir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    dataset = project.ROOT / "datasets" / "dataset.jsonl"
+    timings: dict[str, float] = {}
+    summary: dict = {"base_model": facts["base_model"], "timings_s": timings, "answers": dict()}
+
+    started = time.perf_counter()
+    model_dir = tiny_model.build(facts, dataset, work / "tiny-model")
+    timings["tiny model"] = time.perf_counter() - started
+    print(f"[smoke] tiny {facts['base_model']}-shaped model in {model_dir} ({timings['tiny model']:.1f} s)")
+
+    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
+    cuda = has_cuda()
+    smoke_config, changes = derive_config(config, model_dir, work, cuda)
+    config_path = work / "olive-config.json"
+    config_path.write_text(json.dumps(smoke_config, indent=2, ensure_ascii=False), encoding="utf-8")
+    print("[smoke] config derived from fine-tuning/olive-config.json: " + "; ".join(changes))
+
+    started = time.perf_counter()
+    try:
+        found = run.run_workflow(config_path, gen_dir=work)
+    except run.WorkflowError as error:
+        print(f"ERROR: smoke run: {error}", file=sys.stderr)
+        return 1
+    timings["olive run"] = time.perf_counter() - started
+    summary["outputs"] = {name: str(path) for name, path in found.items()}
+
+    question = args.prompt
+    if question is None:
+        first = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
+        question = str(first[facts["question_column"]])
+    paths = {name: Path(path) for name, path in summary["outputs"].items()}
+    paths["base"] = model_dir
+    provider = None if cuda else "cpu"
+    for backend_name in chat.BACKENDS:
+        if backend_name not in paths:
+            continue
+        started = time.perf_counter()
+        backend = chat.load_backend(backend_name, paths, provider)
+        print(f"[smoke] {backend_name} answers {question!r}: ", end="", flush=True)
+        ids = chat.answer(backend, question, NEW_TOKENS)
+        timings[f"answer ({backend_name})"] = time.perf_counter() - started
+        summary["answers"][backend_name] = ids
+    answers = summary["answers"]
+    if "onnx" in answers and "merged" in answers:
+        same = 0
+        for a, b in zip(answers["onnx"], answers["merged"], strict=False):
+            if a != b:
+                break
+            same += 1
+        summary["onnx_merged_greedy_agreement"] = same
+        print(f"[smoke] first greedy tokens equal between ONNX and merged PyTorch: {same} of {NEW_TOKENS}")
+    (work / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print("[smoke] wall time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    print(f"[smoke] OK: {', '.join(found)} made and answering; details in {work / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
