@@ -64,6 +64,15 @@ def test_deep_check_fails_on_what_olive_would_ignore(tmp_path, checker, mutate, 
     assert problems and any(expected in problem for problem in problems), problems
 
 
+def test_deep_check_flags_target_modules_that_qlora_overrides(tmp_path, checker):
+    project = bake(tmp_path, finetune_method="qlora")
+    path = project / "fine-tuning/olive-config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["passes"]["qlora"]["target_modules"] = ["qkv_proj"]
+    path.write_text(json.dumps(config), encoding="utf-8")
+    assert any("target_modules" in problem for problem in checker.check(path))
+
+
 def test_deep_check_cli_reports_in_one_line(tmp_path, python):
     from conftest import run_cli
 

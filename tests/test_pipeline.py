@@ -38,7 +38,9 @@ def test_smoke_pipeline_trains_merges_builds_and_answers(tmp_path, python, metho
     assert (work / "training-loss.png").stat().st_size > 1000
     adapter = json.loads((work / "adapter/adapter_config.json").read_text(encoding="utf-8"))
     assert adapter["r"] == 64 and adapter["lora_alpha"] == 64
-    assert set(adapter["target_modules"]) == {"o_proj", "qkv_proj"}
+    # LoRA adapts the model table's modules; olive-ai's QLoRA adapts every 4-bit linear layer
+    expected = {"o_proj", "qkv_proj"} if method == "lora" else {"o_proj", "qkv_proj", "gate_up_proj", "down_proj"}
+    assert set(adapter["target_modules"]) == expected
     genai = json.loads((work / "onnx/genai_config.json").read_text(encoding="utf-8"))
     assert genai["model"]["decoder"]["session_options"]["provider_options"] == []  # CPU provider
 
@@ -66,7 +68,7 @@ def test_training_only_project_stops_after_merge(tmp_path, python):
     project, result, summary = smoke(tmp_path, python, onnx_precision="none")
     assert set(summary["answers"]) == {"adapter", "merged"}
     assert summary["answers"]["adapter"] == summary["answers"]["merged"] or summary["answers"]["merged"]
-    assert (project / "gen-model/smoke/merged/config.json").is_file()
+    assert (project / "gen-model/smoke/merged/model/config.json").is_file()
     assert not (project / "gen-model/smoke/onnx").exists()
 
 

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 IGNORED_MARKERS = ("Ignoring", "not part of", "is not a field of")
+# olive-ai 0.13 overwrites target_modules with every 4-bit linear layer in these passes
+QUANTIZED_LORA = ("qlora", "loftq")
 
 
 class _Collector(logging.Handler):
@@ -68,6 +70,11 @@ def check(config_path: Path) -> list[str]:
         for spec in _accelerator_specs(run_config):
             for name, pass_configs in (run_config.passes or {}).items():
                 for pass_config in pass_configs:
+                    if pass_config.type.lower() in QUANTIZED_LORA and "target_modules" in pass_config.config:
+                        problems.append(
+                            f"passes.{name}.target_modules: olive-ai's {pass_config.type} adapts every quantized "
+                            "linear layer and ignores this key; remove it"
+                        )
                     pass_cls = package_config.import_pass_module(pass_config.type)
                     built = pass_cls.generate_config(spec, pass_config.config, {}, True)
                     if not pass_cls.validate_config(built, spec):

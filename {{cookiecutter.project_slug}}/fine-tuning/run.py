@@ -92,7 +92,9 @@ def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
             found["adapter"] = _copy(Path(model_config["adapter_path"]), gen_dir / "adapter")
         elif kind == "mergeadapterweights":
             final = "modelbuilder" not in pass_types.values()
-            found["merged"] = output_dir if final else _copy(Path(model_config["model_path"]), gen_dir / "merged")
+            # Olive saves a final Hugging Face model into <output_dir>/model
+            source = Path(model_config["model_path"])
+            found["merged"] = output_dir / "model" if final else _copy(source, gen_dir / "merged")
         elif kind == "modelbuilder":
             found["onnx"] = output_dir
     expected = {"lora": "adapter", "qlora": "adapter", "mergeadapterweights": "merged", "modelbuilder": "onnx"}

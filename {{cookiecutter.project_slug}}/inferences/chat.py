@@ -23,10 +23,12 @@ class MissingModel(RuntimeError):
 
 def default_paths(gen_dir: Path | None = None) -> dict[str, Path]:
     gen_dir = gen_dir or project.GEN_MODEL
+    merged = gen_dir / "merged"
     return {
         "base": project.ROOT / project.load()["model_dir"],
         "adapter": gen_dir / "adapter",
-        "merged": gen_dir / "merged",
+        # a workflow that stops after the merge leaves Olive's final model in merged/model
+        "merged": merged / "model" if (merged / "model/config.json").is_file() else merged,
         "onnx": gen_dir / "onnx",
     }
 
