@@ -94,7 +94,10 @@ def test_cookbook_config_is_refused(tmp_path, checker):
     path = tmp_path / "cookbook.json"
     path.write_text(json.dumps({
         "azureml_client": {"subscription_id": "x", "resource_group": "y", "workspace_name": "z"},
-        "input_model": {"type": "PyTorchModel", "config": {"hf_config": {"model_name": "microsoft/Phi-3-mini-4k-instruct"}}},
+        "input_model": {
+            "type": "PyTorchModel",
+            "config": {"hf_config": {"model_name": "microsoft/Phi-3-mini-4k-instruct"}},
+        },
         "systems": {"aml": {"type": "AzureML", "config": {"accelerators": ["gpu"]}}},
         "passes": {"lora": {"type": "LoRA", "config": {"lora_r": 64}}},
     }), encoding="utf-8")

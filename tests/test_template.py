@@ -5,12 +5,12 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
-from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake
+from conftest import CONTEXT, DEFAULT_SLUG, bake
 
 METHODS, TARGETS = CONTEXT["finetune_method"], CONTEXT["compute_target"]
 PROVIDERS, PRECISIONS = CONTEXT["execution_provider"], CONTEXT["onnx_precision"]
