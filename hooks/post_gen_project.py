@@ -26,14 +26,13 @@ def next_steps(context: dict) -> str:
         "  python -m pip install -r setup/requirements.txt",
         "  python setup/smoke.py                     # offline: the whole workflow on a tiny model",
     ]
-    if context.get("download_model") in (True, "True", "true", "yes", "y", "1"):
-        lines.append(f"  hf download {model} --local-dir model-cache/{model}")
-    else:
-        lines.append(f"  hf download {model} --local-dir model-cache/{model}   # several GB")
+    # download_model / check_environment: the download script and environment check come with issue #4
+    backend = "onnx" if context["onnx_precision"] != "none" else "merged"
     lines += [
+        f"  hf download {model} --local-dir model-cache/{model}",
         "  python fine-tuning/check_config.py        # Olive reads every key of the config",
         "  python fine-tuning/run.py                 # olive run, then reports where the models landed",
-        "  python inferences/chat.py --backend onnx --prompt 'Hello'",
+        f"  python inferences/chat.py --backend {backend} --prompt 'Hello'",
         "See README.md for each step.",
     ]
     return "\n".join(lines)

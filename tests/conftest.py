@@ -22,6 +22,6 @@ def run_cli(args: list[str], cwd: Path, input_text: str | None = None, timeout: 
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def python():
     return sys.executable

@@ -15,20 +15,28 @@ FAMILIES = {
 RUNS = [(m, family, p) for family in FAMILIES for m, p in (("lora", "int4"), ("qlora", "fp32"))]
 
 
-def smoke(tmp_path, python, **answers):
-    project = bake(tmp_path, execution_provider="cpu", **answers)
-    result = run_cli([python, "setup/smoke.py"], project, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((project / "gen-model/smoke/summary.json").read_text(encoding="utf-8"))
-    return project, result, summary
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, python):
+    """Bake with the CPU provider and run the project's smoke command; each set of answers runs once."""
+    runs = {}
+
+    def run(**answers):
+        key = tuple(sorted(answers.items()))
+        if key not in runs:
+            project = bake(tmp_path_factory.mktemp("smoke"), execution_provider="cpu", **answers)
+            result = run_cli([python, "setup/smoke.py"], project, timeout=900)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            summary = json.loads((project / "gen-model/smoke/summary.json").read_text(encoding="utf-8"))
+            runs[key] = project, result, summary
+        return runs[key]
+
+    return run
 
 
 @pytest.mark.pipeline
 @pytest.mark.parametrize(("method", "family", "precision"), RUNS, ids=[f"{m}-{f}-{p}" for m, f, p in RUNS])
-def test_smoke_pipeline_trains_merges_builds_and_answers(tmp_path, python, method, family, precision):
-    project, result, summary = smoke(
-        tmp_path, python, finetune_method=method, base_model=FAMILIES[family], onnx_precision=precision
-    )
+def test_smoke_pipeline_trains_merges_builds_and_answers(smoke, method, family, precision):
+    project, result, summary = smoke(finetune_method=method, base_model=FAMILIES[family], onnx_precision=precision)
     work = project / "gen-model/smoke"
     assert (work / "adapter/adapter_config.json").is_file()
     assert (work / "adapter/adapter_model.safetensors").is_file()
@@ -56,26 +64,26 @@ def test_smoke_pipeline_trains_merges_builds_and_answers(tmp_path, python, metho
 
 
 @pytest.mark.pipeline
-def test_convert_only_project_builds_the_base_model(tmp_path, python):
-    project, result, summary = smoke(tmp_path, python, finetune_method="none", onnx_precision="fp32")
+def test_convert_only_project_builds_the_base_model(smoke):
+    project, result, summary = smoke(finetune_method="none", onnx_precision="fp32")
     assert set(summary["answers"]) == {"onnx"}
     assert not (project / "gen-model/smoke/adapter").exists()
     assert len(summary["answers"]["onnx"]) == NEW_TOKENS
 
 
 @pytest.mark.pipeline
-def test_training_only_project_stops_after_merge(tmp_path, python):
-    project, result, summary = smoke(tmp_path, python, onnx_precision="none")
+def test_training_only_project_stops_after_merge(smoke):
+    project, result, summary = smoke(onnx_precision="none")
     assert set(summary["answers"]) == {"adapter", "merged"}
-    assert summary["answers"]["adapter"] == summary["answers"]["merged"] or summary["answers"]["merged"]
+    assert all(len(ids) == NEW_TOKENS for ids in summary["answers"].values())
     assert (project / "gen-model/smoke/merged/model/config.json").is_file()
     assert not (project / "gen-model/smoke/onnx").exists()
 
 
 @pytest.mark.pipeline
-def test_run_wrapper_fails_when_olive_makes_no_model(tmp_path, python):
+def test_run_wrapper_fails_when_olive_makes_no_model(smoke, python):
     """olive-ai can log 'No output model produced' and exit 0; the wrapper must not."""
-    project, _, _ = smoke(tmp_path, python, finetune_method="none", onnx_precision="fp32")
+    project, _, _ = smoke(finetune_method="none", onnx_precision="fp32")
     config = json.loads((project / "gen-model/smoke/olive-config.json").read_text(encoding="utf-8"))
     config["passes"]["builder"]["precision"] = "fp16"  # pruned by Olive on the CPU provider
     config["output_dir"] = str(project / "gen-model/pruned/onnx")
@@ -105,8 +113,8 @@ def test_chat_names_the_command_when_a_model_is_missing(tmp_path, python, backen
 
 
 @pytest.mark.pipeline
-def test_chat_cli_streams_an_answer_from_the_smoke_model(tmp_path, python):
-    project, _, summary = smoke(tmp_path, python)
+def test_chat_cli_streams_an_answer_from_the_smoke_model(smoke, python):
+    project, _, summary = smoke(finetune_method="lora", base_model=FAMILIES["phi3-4k"], onnx_precision="int4")
     gen = str(project / "gen-model/smoke")
     one_shot = run_cli(
         [python, "inferences/chat.py", "--backend", "onnx", "--gen-dir", gen, "--prompt", "Hello?",

@@ -27,7 +27,7 @@ class _Collector(logging.Handler):
 
     def emit(self, record):
         message = record.getMessage()
-        if any(marker in message for marker in IGNORED_MARKERS) or "pruned" in message:
+        if any(marker in message for marker in IGNORED_MARKERS):
             self.messages.append(message)
 
 

@@ -21,6 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "setup"))
 import project  # noqa: E402
 
+# which model each pass makes, by the name chat.py and the README use
+OUTPUT_OF = {"lora": "adapter", "qlora": "adapter", "mergeadapterweights": "merged", "modelbuilder": "onnx"}
+OUTPUTS_RECORD = "outputs.json"
 LOG_DICT = re.compile(r"\{'(?:loss|eval_loss)'.*?\}")
 
 
@@ -83,24 +86,21 @@ def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
     if not footprint_file.is_file():
         raise WorkflowError(f"{output_dir}: Olive wrote no footprint.json, so no model was produced")
     nodes = json.loads(footprint_file.read_text(encoding="utf-8"))
-    pass_types = {name: spec["type"].lower() for name, spec in config["passes"].items()}
+    pass_types = [spec["type"].lower() for spec in config["passes"].values()]
+    final = pass_types[-1]
     found: dict[str, Path] = {}
     for node in nodes.values():
         model_config = (node.get("model_config_data") or {}).get("config", {})
-        kind = pass_types.get(node.get("from_pass") or "", (node.get("from_pass") or "").lower())
+        kind = (node.get("from_pass") or "").lower()  # Olive records the pass type here
         if kind in ("lora", "qlora") and model_config.get("adapter_path"):
             found["adapter"] = _copy(Path(model_config["adapter_path"]), gen_dir / "adapter")
         elif kind == "mergeadapterweights":
-            final = "modelbuilder" not in pass_types.values()
             # Olive saves a final Hugging Face model into <output_dir>/model
             source = Path(model_config["model_path"])
-            found["merged"] = output_dir / "model" if final else _copy(source, gen_dir / "merged")
-        elif kind == "modelbuilder":
+            found["merged"] = output_dir / "model" if kind == final else _copy(source, gen_dir / "merged")
+        elif kind == "modelbuilder" and any(output_dir.glob("*.onnx")):
             found["onnx"] = output_dir
-    expected = {"lora": "adapter", "qlora": "adapter", "mergeadapterweights": "merged", "modelbuilder": "onnx"}
-    missing = [expected[kind] for kind in pass_types.values() if expected.get(kind) and expected[kind] not in found]
-    if "onnx" in expected.values() and "onnx" in found and not any(output_dir.glob("*.onnx")):
-        missing.append("onnx")
+    missing = [OUTPUT_OF[kind] for kind in pass_types if OUTPUT_OF.get(kind) and OUTPUT_OF[kind] not in found]
     if missing:
         raise WorkflowError(f"olive run finished without the {', '.join(missing)} model(s); see the log above")
     return found
@@ -161,6 +161,8 @@ def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Pa
     found = collect_outputs(config, gen_dir)
     training_args = next((p.get("training_args", {}) for p in config["passes"].values() if "training_args" in p), {})
     png = plot_losses(parse_losses(log_text), training_args, gen_dir / "training-loss.png")
+    record = {name: str(path) for name, path in found.items()}
+    (gen_dir / OUTPUTS_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if png:
         found["loss plot"] = png
     return found

@@ -7,6 +7,7 @@ Prompts are formatted with the chat format the model was trained with (setup/pro
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,15 +23,14 @@ class MissingModel(RuntimeError):
 
 
 def default_paths(gen_dir: Path | None = None) -> dict[str, Path]:
+    """Where fine-tuning/run.py recorded each model (gen-model/outputs.json), else where it would put it."""
     gen_dir = gen_dir or project.GEN_MODEL
-    merged = gen_dir / "merged"
-    return {
-        "base": project.ROOT / project.load()["model_dir"],
-        "adapter": gen_dir / "adapter",
-        # a workflow that stops after the merge leaves Olive's final model in merged/model
-        "merged": merged / "model" if (merged / "model/config.json").is_file() else merged,
-        "onnx": gen_dir / "onnx",
-    }
+    paths = {name: gen_dir / name for name in BACKENDS}
+    record = gen_dir / "outputs.json"
+    if record.is_file():
+        paths.update({name: Path(path) for name, path in json.loads(record.read_text(encoding="utf-8")).items()})
+    paths["base"] = project.ROOT / project.load()["model_dir"]
+    return paths
 
 
 def _require(path: Path, marker: str, what: str) -> None:
@@ -46,20 +46,22 @@ class TorchBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         if kind == "adapter":
             _require(paths["adapter"], "adapter_config.json", "LoRA adapter")
             _require(paths["base"], "config.json", "base model (download it into model-cache/, see README.md)")
             from peft import PeftModel
 
-            model = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=dtype)
             model = PeftModel.from_pretrained(model, paths["adapter"])
             tokenizer_dir = paths["base"]
         else:
             _require(paths["merged"], "config.json", "merged model")
-            model = AutoModelForCausalLM.from_pretrained(paths["merged"], dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(paths["merged"], dtype=dtype)
             tokenizer_dir = paths["merged"]
         self.torch = torch
-        self.model = model.eval()
+        self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
     def generate(self, prompt: str, max_new_tokens: int, on_text=None) -> list[int]:
@@ -85,7 +87,7 @@ class TorchBackend:
                 pass
 
         streamer = Streamer()
-        inputs = tokenizer(prompt, return_tensors="pt")
+        inputs = tokenizer(prompt, return_tensors="pt").to(self.device)
         with self.torch.no_grad():
             self.model.generate(
                 **inputs,

@@ -1,7 +1,7 @@
 """The project's facts (setup/project.json) and the chat format, for every script in this repo.
 
-project.json is rendered from the template's model table; the Olive config's text_template was rendered
-from the same row, so training and inference format prompts identically.
+project.json is rendered from the template's model table and chat formats; the Olive config's
+text_template was rendered from the same entries, so training and inference format prompts identically.
 """
 
 import json
@@ -21,11 +21,6 @@ def prompt_text(question: str, project: dict | None = None) -> str:
     """The text the model sees before it answers, exactly as in training."""
     chat = (project or load())["chat_format"]
     return f"{chat['user']}{question}{chat['end']}{chat['assistant']}"
-
-
-def training_text(question: str, answer: str, project: dict | None = None) -> str:
-    chat = (project or load())["chat_format"]
-    return prompt_text(question, project) + answer + chat["end"].rstrip("\n")
 
 
 def end_token(project: dict | None = None) -> str:

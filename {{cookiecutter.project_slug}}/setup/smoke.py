@@ -108,11 +108,11 @@ def main(argv=None) -> int:
     if question is None:
         first = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
         question = str(first[facts["question_column"]])
-    paths = {name: Path(path) for name, path in summary["outputs"].items()}
+    paths = chat.default_paths(work)  # as recorded by the run wrapper
     paths["base"] = model_dir
     provider = None if cuda else "cpu"
     for backend_name in chat.BACKENDS:
-        if backend_name not in paths:
+        if backend_name not in found:
             continue
         started = time.perf_counter()
         backend = chat.load_backend(backend_name, paths, provider)
