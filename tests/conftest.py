@@ -25,3 +25,11 @@ def run_cli(args: list[str], cwd: Path, input_text: str | None = None, timeout: 
 @pytest.fixture(scope="session")
 def python():
     return sys.executable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def template_is_clean():
+    """A cache left in the template folder (ruff or python run there) would be baked into every project."""
+    strays = [str(p.relative_to(TEMPLATE)) for p in TEMPLATE.glob("{{cookiecutter.project_slug}}/**/*")
+              if p.name in (".ruff_cache", "__pycache__", ".pytest_cache")]
+    assert not strays, f"remove these from the template folder first: {strays}"

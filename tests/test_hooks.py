@@ -1,10 +1,15 @@
 """Answers are validated before anything is written; hostile answers stay data."""
 
 import json
+import os
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake, run_cli
+from hub_server import HubServer
 
 BAD_ANSWERS = [
     ({"project_slug": "Bad Slug"}, "project_slug"),
@@ -120,7 +125,7 @@ def test_generation_prints_next_steps(tmp_path):
     result = run_cli(args, tmp_path)
     assert result.returncode == 0
     assert "python setup/smoke.py" in result.stdout
-    assert "hf download microsoft/Phi-3-mini-4k-instruct" in result.stdout
+    assert "python model-cache/download.py" in result.stdout
 
 
 def test_pins_are_the_installed_test_environment():
@@ -132,3 +137,90 @@ def test_pins_are_the_installed_test_environment():
             continue  # CUDA builds: the CPU twins with the same version are checked instead
         installed = version(name)
         assert installed.split("+")[0] == pinned, name
+
+
+# --- post-generation: it reports, it never fails generation ----------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_env(tmp_path: Path, **extra: str) -> dict:
+    """No real hub: a closed port on 127.0.0.1, an empty HF_HOME, no token, no virtualenv to pick up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIRTUAL_ENV"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf-home"),
+               HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def bare_cookiecutter(tmp_path_factory):
+    """cookiecutter in a venv with nothing else: no torch, no onnxruntime, no huggingface_hub."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    constraints = venv / "constraints.txt"
+    constraints.write_text("\n".join(f"{k}=={v}" for k, v in CONTEXT["_pins"].items()) + "\n", encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q", "-c",
+         str(constraints), "cookiecutter==2.7.1"],
+        check=True, capture_output=True,
+    )
+    probe = subprocess.run([str(venv / "bin/python"), "-c", "import torch"], capture_output=True, check=False)
+    assert probe.returncode != 0, "the bare venv must not see torch"
+    return venv / "bin"
+
+
+def test_bare_machine_gets_a_report_and_the_download_command_for_later(tmp_path, bare_cookiecutter):
+    """No GPU, no nvidia-smi, no torch, no huggingface_hub: generation succeeds and says what to do."""
+    env = offline_env(tmp_path, PATH=f"{bare_cookiecutter}:/usr/bin:/bin")
+    args = [str(bare_cookiecutter / "cookiecutter"), "--no-input", "--output-dir", str(tmp_path / "out"),
+            str(TEMPLATE), "download_model=yes"]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "Traceback" not in out + result.stderr
+    project = tmp_path / "out" / DEFAULT_SLUG
+    assert (project / "datasets/train.jsonl").is_file() and (project / "setup/check_env.py").is_file()
+    report = out.split("== Environment check")[1].split("== ")[0]
+    assert "nvidia-smi" in report and "torch" in report and "✗" in report
+    assert "no Python here has huggingface_hub yet" in out
+    assert "  python model-cache/download.py" in out.split("Next steps")[1]
+
+
+def test_download_with_the_hub_unreachable_keeps_the_project_and_says_how_to_fetch_later(tmp_path):
+    env = offline_env(tmp_path)
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path / "out"), str(TEMPLATE),
+            "download_model=yes", "check_environment=no"]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "== Base model download" in result.stdout
+    assert "ERROR: " in result.stderr and "Traceback" not in result.stderr
+    assert "the download did not finish (the line above says why); fix that, then run" in result.stdout
+    assert "== Environment check" not in result.stdout
+    project = tmp_path / "out" / DEFAULT_SLUG
+    assert (project / "fine-tuning/olive-config.json").is_file()
+    assert not any((project / "model-cache").rglob("*.safetensors"))
+
+
+def test_download_through_the_hook_against_a_local_hub(tmp_path):
+    """download_model=yes fetches the pinned files from a real HTTP hub on 127.0.0.1 during generation."""
+    model = CONTEXT["base_model"][0]
+    revision = CONTEXT["_models"][model]["revision"]
+    files = {"config.json": b'{"model_type": "phi3"}', "tokenizer_config.json": b"{}",
+             "model.safetensors": b"\0" * 4096, "pytorch_model.bin": b"\1" * 64}
+    with HubServer() as hub:
+        hub.add_repo(model, revision, files)
+        env = offline_env(tmp_path, HF_ENDPOINT=hub.endpoint)
+        args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path / "out"),
+                str(TEMPLATE), "download_model=yes", "check_environment=no"]
+        result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                                check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    target = tmp_path / "out" / DEFAULT_SLUG / "model-cache" / model
+    assert sorted(p.name for p in target.iterdir() if p.is_file()) == [
+        "config.json", "model.safetensors", "tokenizer_config.json"]
+    assert "  python model-cache/download.py" not in result.stdout.split("Next steps")[1]

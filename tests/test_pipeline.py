@@ -100,7 +100,7 @@ def test_run_wrapper_names_the_download_when_the_base_model_is_missing(tmp_path,
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), lines
-    assert "hf download microsoft/Phi-3-mini-4k-instruct" in lines[0]
+    assert "python model-cache/download.py" in lines[0]
 
 
 @pytest.mark.parametrize("backend", ["adapter", "merged", "onnx"])

@@ -1,5 +1,7 @@
 """Bake every valid combination of the choice prompts and check what lands on disk."""
 
+import csv
+import io
 import itertools
 import json
 import shutil
@@ -33,7 +35,11 @@ COMMON_FILES = {
     ".gitignore",
     "README.md",
     "datasets/README.md",
-    "datasets/dataset.jsonl",
+    "datasets/eval.jsonl",
+    "datasets/prepare.py",
+    "datasets/sample.csv",
+    "datasets/sources.py",
+    "datasets/train.jsonl",
     "fine-tuning/README.md",
     "fine-tuning/check_config.py",
     "fine-tuning/olive-config.json",
@@ -43,18 +49,26 @@ COMMON_FILES = {
     "inferences/chat.py",
     "ruff.toml",
     "model-cache/README.md",
+    "model-cache/download.py",
     "setup/README.md",
+    "setup/check_env.py",
     "setup/project.json",
     "setup/project.py",
     "setup/requirements.txt",
     "setup/smoke.py",
     "setup/tiny_model.py",
 }
-AZURE_FILES = {"fine-tuning/azureml/README.md", "fine-tuning/azureml/job.yml"}
+AZURE_FILES = {
+    "fine-tuning/azureml/README.md",
+    "fine-tuning/azureml/config.example.json",
+    "fine-tuning/azureml/job_steps.py",
+    "fine-tuning/azureml/requirements.txt",
+    "fine-tuning/azureml/submit.py",
+}
 
 
 def files_of(root):
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 def test_combinations_cover_every_choice():
@@ -108,6 +122,9 @@ def test_bake_writes_exact_tree_with_valid_files(baked, case):
             [json.loads(line) for line in text.splitlines()]
         elif path.suffix in (".yml", ".yaml"):
             yaml.safe_load(text)
+        elif path.suffix == ".csv":
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+            assert {len(row) for row in rows} == {2}, f"{path.relative_to(project)}: every row has 2 fields"
         elif path.suffix == ".toml":
             tomllib.loads(text)
         elif path.suffix == ".py":

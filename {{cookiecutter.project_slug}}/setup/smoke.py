@@ -21,7 +21,9 @@ SETUP = Path(__file__).resolve().parent
 sys.path.insert(0, str(SETUP))
 sys.path.insert(0, str(SETUP.parent / "fine-tuning"))
 sys.path.insert(0, str(SETUP.parent / "inferences"))
+sys.path.insert(0, str(SETUP.parent / "datasets"))
 import chat  # noqa: E402
+import prepare  # noqa: E402
 import project  # noqa: E402
 import run  # noqa: E402
 import tiny_model  # noqa: E402
@@ -73,13 +75,17 @@ def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tupl
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=project.GEN_MODEL / "smoke", help="where everything lands")
-    parser.add_argument("--prompt", help="question to ask each backend (default: the first in datasets/)")
+    parser.add_argument("--prompt", help="question to ask each backend (default: the first training row)")
     args = parser.parse_args(argv)
     facts = project.load()
     work = args.work_dir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    dataset = project.ROOT / "datasets" / "dataset.jsonl"
+    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
+    dataset = prepare.Layout(facts, config).train_file
+    if not dataset.is_file():
+        print(f"ERROR: {dataset}: no prepared training data; run `python datasets/prepare.py` first", file=sys.stderr)
+        return 1
     timings: dict[str, float] = {}
     summary: dict = {"base_model": facts["base_model"], "timings_s": timings, "answers": dict()}
 
@@ -88,7 +94,6 @@ def main(argv=None) -> int:
     timings["tiny model"] = time.perf_counter() - started
     print(f"[smoke] tiny {facts['base_model']}-shaped model in {model_dir} ({timings['tiny model']:.1f} s)")
 
-    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
     cuda = has_cuda()
     smoke_config, changes = derive_config(config, model_dir, work, cuda)
     config_path = work / "olive-config.json"

@@ -1,0 +1,648 @@
+"""The Azure ML path of a generated project (compute_target=azureml), offline and without credentials.
+
+- The job submit.py builds passes azure-ai-ml's own validation; its YAML round-trips through load_job.
+- Malformed specs and settings are refused with one-line errors.
+- The real MLClient.jobs.create_or_update runs against a fake of the Azure endpoints (tests/azure_fake.py,
+  in requests' transport adapter): the submitted job, environment and code upload are asserted, and no
+  secret appears in any request.
+- A socket guard refuses every non-loopback connection and DNS lookup, in this process and in the CLI
+  subprocesses (through sitecustomize), so a test that reached the network would fail.
+"""
+
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from azure_fake import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FailingCredential, FakeAzure, FakeCredential
+from conftest import bake
+
+# azure-ai-ml 1.35's schemas use marshmallow APIs that marshmallow 3.x flags for 4.0
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*Marshmallow4:Warning")
+
+SECRET = "hf_SENTINEL_token_value_never_sent_0123456789"
+GUARD = '''
+import socket
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+
+def _host(address):
+    return address[0] if isinstance(address, tuple) else address
+
+
+def connect(self, address):
+    if self.family != socket.AF_UNIX and _host(address) not in LOOPBACK:
+        raise ConnectionRefusedError(f"socket guard: network access to {address} refused in tests")
+    return _connect(self, address)
+
+
+def connect_ex(self, address):
+    if self.family != socket.AF_UNIX and _host(address) not in LOOPBACK:
+        raise ConnectionRefusedError(f"socket guard: network access to {address} refused in tests")
+    return _connect_ex(self, address)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host not in LOOPBACK and host is not None:
+        raise socket.gaierror(f"socket guard: DNS lookup of {host} refused in tests")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+'''
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def socket_guard(monkeypatch):
+    namespace = {}
+    exec(compile(GUARD, "socket_guard", "exec"), namespace)  # noqa: S102 - the same guard the subprocesses get
+    monkeypatch.setattr(socket.socket, "connect", namespace["connect"])
+    monkeypatch.setattr(socket.socket, "connect_ex", namespace["connect_ex"])
+    monkeypatch.setattr(socket, "getaddrinfo", namespace["getaddrinfo"])
+
+
+@pytest.fixture(scope="module")
+def guard_env(tmp_path_factory):
+    """Environment for CLI subprocesses: the socket guard loads first, no Azure or HF identity leaks in."""
+    folder = tmp_path_factory.mktemp("guard")
+    (folder / "sitecustomize.py").write_text(GUARD, encoding="utf-8")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE", "AZUREML", "HF_", "MSI_", "IDENTITY_"))}
+    env["PYTHONPATH"] = str(folder)
+    return env
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    root = bake(
+        tmp_path_factory.mktemp("azure"), compute_target="azureml", check_environment=False, download_model=False
+    )
+    _ensure_data(root)
+    return root
+
+
+@pytest.fixture
+def project_dir(baked, tmp_path):
+    """A fresh copy of the baked project for each test, so tests may change files."""
+    return Path(shutil.copytree(baked, tmp_path / baked.name))
+
+
+def _ensure_data(root: Path) -> None:
+    # the post-generation hook makes the train/eval files; make sure they exist whatever that step did
+    config = json.loads((root / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
+    for data_config in config.get("data_configs", []):
+        path = root / data_config["load_dataset_config"]["data_files"]
+        if not path.is_file():
+            path.write_text(json.dumps({"Question": "q", "Best Answer": "a"}) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def submit(project_dir, monkeypatch):
+    """The project's submit.py, imported in-process (each project has its own setup/project.py)."""
+    return _load(project_dir / "fine-tuning/azureml/submit.py", "submit_under_test", monkeypatch)
+
+
+def _load(path: Path, name: str, monkeypatch):
+    monkeypatch.delitem(sys.modules, "project", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.delitem(sys.modules, "project", raising=False)
+    monkeypatch.chdir(path.parent.parent.parent)
+    for variable in [*getattr(module, "SETTINGS", {}).values(), "HF_TOKEN", "HF_TOKEN_KEY_VAULT"]:
+        monkeypatch.delenv(variable, raising=False)
+    return module
+
+
+def _cli(python, args, cwd, env, timeout=180):
+    return subprocess.run(
+        [python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _write_config(project_dir: Path, **extra) -> Path:
+    config = {
+        "subscription_id": SUBSCRIPTION,
+        "resource_group": RESOURCE_GROUP,
+        "workspace_name": WORKSPACE,
+        "compute": "gpu-cluster",
+        **extra,
+    }
+    path = project_dir / "fine-tuning/azureml/config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def _pins(project_dir: Path) -> list[str]:
+    lines = (project_dir / "setup/requirements.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+# ---------------------------------------------------------------- the guard itself
+
+
+def test_socket_guard_refuses_the_network(guard_env, python, tmp_path):
+    probe = "import socket; socket.create_connection(('93.184.215.14', 443), timeout=5)"
+    result = _cli(python, ["-c", probe], tmp_path, guard_env, timeout=60)
+    assert result.returncode != 0 and "socket guard" in result.stderr  # the CLI subprocesses are guarded too
+
+    import requests
+
+    with pytest.raises(requests.exceptions.ConnectionError, match="socket guard"):
+        requests.get("https://management.azure.com/", timeout=5)
+    with pytest.raises(OSError, match="socket guard"):
+        socket.create_connection(("93.184.215.14", 443), timeout=5)
+
+
+# ---------------------------------------------------------------- dry run and the job spec
+
+
+def test_dry_run_writes_a_job_yaml_that_azure_ai_ml_loads(project_dir, guard_env, python):
+    _write_config(project_dir)  # ids are for the client only: they never reach the job spec
+    result = _cli(python, ["fine-tuning/azureml/submit.py", "--dry-run"], project_dir, guard_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Job valid for compute 'gpu-cluster'" in result.stdout
+    assert "code snapshot:" in result.stdout
+    assert "Traceback" not in result.stderr
+
+    from azure.ai.ml import load_job
+
+    path = project_dir / "fine-tuning/azureml/job.generated.yml"
+    job = load_job(path)  # azure-ai-ml's schema validation
+    assert job.type == "command"
+    assert (path.parent / job.code).resolve() == project_dir.resolve()
+    assert job.command.split(" && ") == [
+        "python fine-tuning/azureml/job_steps.py prepare",
+        "python fine-tuning/run.py",
+        "cp -r gen-model/. " + "$" + "{" * 2 + "outputs.gen_model" + "}" * 2 + "/",
+    ]
+    assert job.compute.removeprefix("azureml:") == "gpu-cluster"
+    assert job.resources.instance_count == 1
+    assert job.environment.image.startswith("mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04")
+    pip = job.environment.conda_file["dependencies"][-1]["pip"]
+    assert pip[: len(_pins(project_dir))] == _pins(project_dir)
+    assert any(line.startswith("azure-identity==") for line in pip)
+    assert job.outputs["gen_model"].mode == "upload"
+    assert job.outputs["gen_model"].path.startswith("azureml://datastores/workspaceblobstore/paths/")
+    assert job.environment_variables["OLIVE_DISABLE_TELEMETRY"] == "1"
+    assert not job.inputs
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert spec["code"] == "../.."
+    text = path.read_text(encoding="utf-8")
+    assert SUBSCRIPTION not in text and RESOURCE_GROUP not in text and WORKSPACE not in text
+
+
+def test_job_yaml_round_trips_through_load_job(submit, tmp_path):
+    from azure.ai.ml import load_job
+
+    settings = submit.load_settings(overrides={"compute": "a100-cluster", "instance_type": "gpu-a100"})
+    job = submit.build_job(settings, data="azureml://datastores/training/paths/support-data/")
+    submit.validate(job)
+    path = submit.write_yaml(job, tmp_path / "job.yml")
+    loaded = load_job(path)
+    original = job._to_job()
+    for field in ("command", "compute", "environment_variables", "experiment_name", "display_name"):
+        assert getattr(loaded, field) == getattr(original, field), field
+    assert loaded.resources.instance_count == 1 and loaded.resources.instance_type == "gpu-a100"
+    assert loaded.inputs["data"].path == "azureml://datastores/training/paths/support-data/"
+    assert loaded.inputs["data"].type == "uri_folder"
+    assert "--data " + "$" + "{" * 2 + "inputs.data" + "}" * 2 in loaded.command
+    assert loaded.environment.conda_file == original.environment.conda_file
+    assert loaded.outputs["gen_model"].path == original.outputs["gen_model"].path
+    # dumping the loaded job again gives the same spec
+    again = submit.write_yaml(loaded, tmp_path / "again.yml")
+    assert yaml.safe_load(again.read_text()) | {"code": None} == yaml.safe_load(path.read_text()) | {"code": None}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"resources": {"instance_count": "two"}}, "instance_count"),
+        ({"command": None}, "command"),
+        ({"outputs": {"gen_model": {"type": "uri_folder", "mode": "sideways"}}}, "mode"),
+        ({"environment": {"image": None}}, "image"),
+    ],
+)
+def test_malformed_job_specs_are_rejected(submit, tmp_path, change, message):
+    from azure.ai.ml import load_job
+    from azure.ai.ml.exceptions import MlException
+    from marshmallow.exceptions import ValidationError
+
+    path = submit.write_yaml(submit.build_job(submit.load_settings()), tmp_path / "job.yml")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+            if key == "environment" and value.get("image") is None:
+                spec[key].pop("image")
+        elif value is None:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    with pytest.raises((MlException, ValidationError, submit.SubmitError)) as caught:
+        job = load_job(path)
+        submit.validate(job)
+    assert message in str(caught.value)
+
+
+def test_a_command_that_binds_an_unknown_input_is_rejected(submit):
+    job = submit.build_job(submit.load_settings())
+    job.command += " --extra " + "$" + "{" * 2 + "inputs.missing" + "}" * 2
+    with pytest.raises(submit.SubmitError, match="azure-ai-ml's validation"):
+        submit.validate(job)
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_come_from_the_file_then_the_environment_then_flags(submit, project_dir, monkeypatch):
+    _write_config(project_dir, compute="file-cluster")
+    assert submit.load_settings()["compute"] == "file-cluster"
+    monkeypatch.setenv("AZUREML_COMPUTE", "env-cluster")
+    settings = submit.load_settings()
+    assert settings["compute"] == "env-cluster"
+    assert settings["workspace_name"] == WORKSPACE
+    assert submit.load_settings(overrides={"compute": "flag-cluster"})["compute"] == "flag-cluster"
+    monkeypatch.delenv("AZUREML_COMPUTE")
+    (project_dir / "fine-tuning/azureml/config.json").unlink()
+    assert submit.load_settings()["compute"] == "gpu-cluster"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (None, "placeholder"),  # the example file, copied unchanged
+        ({"subscription_id": SUBSCRIPTION, "hf_token": SECRET}, r"unknown key\(s\) hf_token; allowed"),
+        ({"compute": 4}, "write it as a JSON string"),
+        ({"compute": "gpu cluster!"}, "not a compute name"),
+        ({"hf_token_key_vault": "kv-contoso"}, "go together"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_bad_settings_are_refused(submit, project_dir, config, message):
+    path = project_dir / "fine-tuning/azureml/config.json"
+    if config is None:
+        shutil.copyfile(path.parent / "config.example.json", path)
+    else:
+        path.write_text(config if isinstance(config, str) else json.dumps(config), encoding="utf-8")
+    with pytest.raises(submit.SubmitError, match=message) as caught:
+        submit.load_settings()
+    assert SECRET not in str(caught.value)
+
+
+def test_the_example_file_lists_only_known_keys(submit, project_dir):
+    example = json.loads((project_dir / "fine-tuning/azureml/config.example.json").read_text(encoding="utf-8"))
+    assert set(example) <= set(submit.SETTINGS)
+    assert set(submit.WORKSPACE_KEYS) <= set(example)
+
+
+# ---------------------------------------------------------------- CLI errors: one line, no traceback
+
+
+def _error_line(stderr: str) -> str:
+    """The one ERROR line; azure-ai-ml may print colour resets and blank lines around it."""
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+def _one_error_line(result, *fragments):
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def test_submit_without_workspace_settings_says_how_to_set_them(project_dir, guard_env, python):
+    result = _cli(python, ["fine-tuning/azureml/submit.py"], project_dir, guard_env)
+    _one_error_line(result, "no Azure ML workspace configured", "config.example.json", "AZURE_SUBSCRIPTION_ID")
+
+
+def test_placeholders_never_reach_a_job(project_dir, guard_env, python):
+    shutil.copyfile(
+        project_dir / "fine-tuning/azureml/config.example.json", project_dir / "fine-tuning/azureml/config.json"
+    )
+    for args in ([], ["--dry-run"]):
+        result = _cli(python, ["fine-tuning/azureml/submit.py", *args], project_dir, guard_env)
+        _one_error_line(result, "placeholder", "<subscription-id>")
+    assert not (project_dir / "fine-tuning/azureml/job.generated.yml").exists()
+
+
+def test_missing_data_is_reported(project_dir, guard_env, python):
+    result = _cli(python, ["fine-tuning/azureml/submit.py", "--dry-run", "--data", "no/such/folder"], project_dir,
+                  guard_env)
+    _one_error_line(result, "--data no/such/folder: no such folder")
+    for path in (project_dir / "datasets").glob("*.jsonl"):
+        path.unlink()
+    result = _cli(python, ["fine-tuning/azureml/submit.py", "--dry-run"], project_dir, guard_env)
+    _one_error_line(result, "training data not found", "--data azureml://datastores/")
+
+
+def test_not_logged_in_gives_the_az_login_hint(submit, project_dir, capsys):
+    _write_config(project_dir)
+    assert submit.main(["--no-stream"], credential=FailingCredential()) == 1
+    error = _error_line(capsys.readouterr().err)
+    assert error.startswith("ERROR: not logged in to Azure") and "az login" in error
+
+
+def test_default_azure_credential_without_login_gives_the_hint(submit, project_dir, capsys, monkeypatch):
+    # the real DefaultAzureCredential: no env credentials, no az CLI here, managed identity unreachable
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(project_dir / "no-az-config"))
+    _write_config(project_dir)
+    assert submit.main(["--no-stream"]) == 1
+    assert "az login" in capsys.readouterr().err
+
+
+def test_unknown_compute_is_reported(submit, project_dir, monkeypatch, capsys):
+    fake = FakeAzure(computes={"other-cluster": "Standard_NC24ads_A100_v4"}).install(monkeypatch)
+    _write_config(project_dir)
+    assert submit.main(["--no-stream"], credential=FakeCredential(), show_progress=False) == 1
+    error = _error_line(capsys.readouterr().err)
+    assert error.startswith("ERROR: compute 'gpu-cluster' not found in workspace 'ws-fake'")
+    assert "az ml compute create" in error
+    assert not fake.job_puts()
+
+
+def test_unknown_workspace_is_reported(submit, project_dir, monkeypatch, capsys):
+    fake = FakeAzure().install(monkeypatch)
+    _write_config(project_dir, workspace_name="ws-typo")
+    assert submit.main(["--no-stream"], credential=FakeCredential(), show_progress=False) == 1
+    error = _error_line(capsys.readouterr().err)
+    assert error.startswith("ERROR: workspace 'ws-typo' not found in resource group 'rg-fake'")
+    assert not fake.job_puts()
+
+
+# ---------------------------------------------------------------- the real submission path, faked at the transport
+
+
+@pytest.fixture
+def submitted(submit, project_dir, monkeypatch, capsys):
+    """Submit through the real MLClient against the fake, with weights and secrets lying around."""
+    fake = FakeAzure().install(monkeypatch)
+    model_dir = project_dir / json.loads((project_dir / "setup/project.json").read_text())["model_dir"]
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"\0" * 4096)
+    (project_dir / "gen-model/adapter").mkdir(parents=True)
+    (project_dir / "gen-model/adapter/adapter_model.safetensors").write_bytes(b"\0" * 1024)
+    (project_dir / ".env").write_text(f"HF_TOKEN={SECRET}\n")
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    _write_config(project_dir, hf_token_key_vault="kv-contoso", hf_token_secret="hf-token")
+    rc = submit.main(["--no-stream"], credential=FakeCredential(), show_progress=False)
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    return fake, out
+
+
+def test_submission_sends_the_validated_job(submitted, project_dir):
+    fake, out = submitted
+    assert not fake.unhandled, [(r.method, r.url) for r in fake.unhandled]
+    [put] = fake.job_puts()
+    assert "Submitted " in out.out
+    job = put.json()["properties"]
+    assert job["jobType"] == "Command"
+    assert job["command"] == (
+        "python fine-tuning/azureml/job_steps.py prepare && python fine-tuning/run.py && "
+        "cp -r gen-model/. " + "$" + "{" * 2 + "outputs.gen_model" + "}" * 2 + "/"
+    )
+    assert job["computeId"].endswith(f"/workspaces/{WORKSPACE}/computes/gpu-cluster")
+    assert job["resources"]["instanceCount"] == 1
+    assert job["experimentName"] == project_dir.name
+    assert job["environmentVariables"] == {
+        "OLIVE_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONUNBUFFERED": "1",
+        "HF_TOKEN_KEY_VAULT": "kv-contoso",
+        "HF_TOKEN_SECRET_NAME": "hf-token",
+    }
+    assert not job.get("inputs")
+    output = job["outputs"]["gen_model"]
+    assert output["jobOutputType"] == "uri_folder"
+    assert output["mode"] == "Upload"
+    assert output["uri"].startswith(f"azureml://datastores/workspaceblobstore/paths/{project_dir.name}/")
+    assert "/codes/" in job["codeId"] and "/environments/" in job["environmentId"]
+
+
+def test_submission_builds_the_environment_from_setup_requirements(submitted, project_dir):
+    fake, _ = submitted
+    [env_put] = [r for r in fake.requests if r.method == "PUT" and "/environments/" in r.path]
+    env = env_put.json()["properties"]
+    assert env["image"] == "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:latest"
+    conda = yaml.safe_load(env["condaFile"])
+    assert conda["channels"] == ["conda-forge"]
+    assert conda["dependencies"][0] == "python=3.11"
+    pip = conda["dependencies"][-1]["pip"]
+    assert pip[: len(_pins(project_dir))] == _pins(project_dir)
+    [put] = fake.job_puts()
+    assert put.json()["properties"]["environmentId"].endswith(env_put.path.split("/environments/")[1])
+
+
+def test_code_upload_leaves_weights_and_settings_behind(submitted, project_dir):
+    fake, _ = submitted
+    uploaded = {key.split("/", 3)[-1] for key in fake.blobs}
+    snapshot = f"{project_dir.name}/"
+    names = {name[len(snapshot):] if name.startswith(snapshot) else name for name in uploaded}
+    assert {"fine-tuning/run.py", "fine-tuning/olive-config.json", "setup/requirements.txt",
+            "fine-tuning/azureml/job_steps.py", "model-cache/download.py"} <= names
+    data = json.loads((project_dir / "fine-tuning/olive-config.json").read_text())["data_configs"]
+    assert {d["load_dataset_config"]["data_files"] for d in data} <= names
+    for name in names:
+        assert not name.endswith(".safetensors"), name
+        assert not name.startswith(("model-cache/microsoft", "gen-model/adapter")), name
+        assert name not in ("fine-tuning/azureml/config.json", ".env"), name
+
+
+def test_no_secret_in_any_request(submitted):
+    fake, out = submitted
+    assert fake.requests
+    for request in fake.requests:
+        assert SECRET.encode() not in request.body, request.url
+        assert SECRET not in request.url
+        assert all(SECRET not in str(value) for value in request.headers.values())
+        # the bearer token travels in the Authorization header only
+        assert b"fake-bearer-token" not in request.body
+    arm = [r for r in fake.requests if r.host == "management.azure.com"]
+    assert arm and all(r.headers.get("Authorization", "").startswith("Bearer ") for r in arm)
+    assert SECRET not in out.out + out.err
+
+
+def test_data_from_a_datastore_becomes_a_job_input(submit, project_dir, monkeypatch, capsys):
+    fake = FakeAzure().install(monkeypatch)
+    _write_config(project_dir)
+    uri = "azureml://datastores/training/paths/support/v2/"
+    assert submit.main(["--no-stream", "--data", uri], credential=FakeCredential(), show_progress=False) == 0
+    job = fake.job_puts()[0].json()["properties"]
+    assert job["inputs"]["data"] == {"jobInputType": "uri_folder", "mode": "Download", "uri": uri}
+    assert " --data " + "$" + "{" * 2 + "inputs.data" + "}" * 2 + " && " in job["command"]
+
+
+def test_azure_refusal_is_one_line(submit, project_dir, monkeypatch, capsys):
+    fake = FakeAzure().install(monkeypatch)
+
+    def refuse(r, name):
+        return 400, {"error": {"code": "UserError", "message": "Quota exceeded for Standard_NC24ads_A100_v4"}}, {}
+
+    monkeypatch.setattr(fake, "job", refuse)
+    _write_config(project_dir)
+    assert submit.main(["--no-stream"], credential=FakeCredential(), show_progress=False) == 1
+    error = _error_line(capsys.readouterr().err)
+    assert error.startswith("ERROR: Azure ML refused the job:") and "Quota exceeded" in error
+
+
+# ---------------------------------------------------------------- download
+
+
+def test_download_places_outputs_and_repoints_outputs_json(submit, tmp_path):
+    job_dir = tmp_path / "named-outputs/gen_model"
+    (job_dir / "onnx").mkdir(parents=True)
+    (job_dir / "onnx/model.onnx").write_bytes(b"onnx")
+    (job_dir / "adapter").mkdir()
+    job_root = "/mnt/azureml/cr/j/abc/exe/wd/gen-model"
+    record = {"adapter": f"{job_root}/adapter", "merged": f"{job_root}/merged", "onnx": f"{job_root}/onnx"}
+    (job_dir / "outputs.json").write_text(json.dumps(record))
+    gen = tmp_path / "gen-model"
+    (gen / "adapter").mkdir(parents=True)
+    (gen / "adapter/stale.txt").write_text("old")
+    placed = submit.place_outputs(job_dir, gen)
+    assert {p.name for p in placed} == {"onnx", "adapter", "outputs.json"}
+    assert not (gen / "adapter/stale.txt").exists()
+    assert json.loads((gen / "outputs.json").read_text()) == {
+        name: str(gen / name) for name in ("adapter", "merged", "onnx")
+    }
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(submit.SubmitError, match="output is empty"):
+        submit.place_outputs(empty, gen)
+
+
+def test_download_of_an_unknown_job_is_one_line(submit, tmp_path):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    class Jobs:
+        def download(self, *args, **kwargs):
+            raise ResourceNotFoundError("not found")
+
+    class Client:
+        jobs = Jobs()
+
+    with pytest.raises(submit.SubmitError, match="job 'nope' not found"):
+        submit.download(Client(), "nope", tmp_path / "gen-model")
+
+
+# ---------------------------------------------------------------- inside the job
+
+
+@pytest.fixture
+def steps(project_dir, monkeypatch):
+    return _load(project_dir / "fine-tuning/azureml/job_steps.py", "job_steps_under_test", monkeypatch)
+
+
+def test_prepare_copies_the_data_input_into_datasets(steps, project_dir, tmp_path):
+    source = tmp_path / "mounted"
+    source.mkdir()
+    names = steps.data_files()
+    assert names
+    for name in names:
+        (source / Path(name).name).write_text('{"Question": "new", "Best Answer": "rows"}\n')
+    copied = steps.stage_data(source)
+    assert sorted(copied) == sorted(names)
+    assert "new" in (project_dir / names[0]).read_text()
+    (source / Path(names[0]).name).unlink()
+    for name in names:
+        (project_dir / name).unlink()
+    with pytest.raises(steps.StepError, match="has no"):
+        steps.stage_data(source)
+
+
+def test_the_hf_token_reaches_only_the_download(steps, project_dir, monkeypatch, capfd):
+    # a stand-in download.py that reports whether it got the token, without writing it anywhere
+    (project_dir / "model-cache/download.py").write_text(textwrap.dedent(f"""
+        import os, pathlib
+        ok = os.environ.get("HF_TOKEN") == {SECRET!r}
+        pathlib.Path("token-seen.txt").write_text("yes" if ok else "no")
+    """))
+    reads = []
+
+    def reader(vault, name):
+        reads.append((vault, name))
+        return SECRET
+
+    environ = {"HF_TOKEN_KEY_VAULT": "kv-contoso", "HF_TOKEN_SECRET_NAME": "hf-token", "PATH": "/usr/bin"}
+    steps.fetch_model(environ, secret_reader=reader)
+    assert reads == [("kv-contoso", "hf-token")]
+    assert (project_dir / "token-seen.txt").read_text() == "yes"
+    captured = capfd.readouterr()
+    assert SECRET not in captured.out + captured.err
+    assert "kv-contoso" in captured.out
+
+
+def test_read_secret_uses_the_managed_identity_token(steps):
+    seen = {}
+
+    class Credential:
+        def get_token(self, scope):
+            seen["scope"] = scope
+            return FakeCredential().get_token(scope)
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return json.dumps({"value": SECRET, "id": "x"}).encode()
+
+    def urlopen(request, timeout):
+        seen["url"] = request.full_url
+        seen["auth"] = request.get_header("Authorization")
+        return Response()
+
+    assert steps.read_secret("kv-contoso", "hf-token", Credential(), urlopen) == SECRET
+    assert seen["scope"] == "https://vault.azure.net/.default"
+    assert seen["url"] == "https://kv-contoso.vault.azure.net/secrets/hf-token?api-version=7.4"
+    assert seen["auth"].startswith("Bearer ")
+
+
+def test_read_secret_failure_is_one_line_without_the_token(steps):
+    import urllib.error
+
+    def forbidden(request, timeout):
+        raise urllib.error.HTTPError(request.full_url, 403, "Forbidden", {}, None)
+
+    with pytest.raises(steps.StepError, match="HTTP 403.*Key Vault Secrets User"):
+        steps.read_secret("kv-contoso", "hf-token", FakeCredential(), forbidden)
+    with pytest.raises(steps.StepError, match="no managed identity token"):
+        steps.read_secret("kv-contoso", "hf-token", FailingCredential(), forbidden)
+
+
+# ---------------------------------------------------------------- lint
+
+
+def test_azureml_scripts_pass_the_project_ruff_config(project_dir):
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", "fine-tuning/azureml"], cwd=project_dir, capture_output=True, text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,491 @@
+"""setup/check_env.py of a generated project, run as the user runs it.
+
+This machine has no NVIDIA GPU: the GPU cases put a fake `nvidia-smi` (canned CSV of a real card) first on PATH.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CONTEXT, bake
+
+ORT_GPU = CONTEXT["_pins"]["onnxruntime-gpu"]
+
+CHECK = "setup/check_env.py"
+MARKS = {"ok": "\u2713", "warn": "!", "fail": "\u2717", "skip": "\u2013"}
+# name, memory.total and memory.free (MiB), compute_cap, driver_version: what the real cards report
+H100 = "NVIDIA H100 80GB HBM3, 81559, 81000, 9.0, 550.54.15"
+T4 = "Tesla T4, 15360, 14900, 7.5, 535.104.05"
+V100 = "Tesla V100-SXM2-32GB, 32768, 32000, 7.0, 535.104.05"
+RTX_6GB = "NVIDIA GeForce RTX 3050 6GB Laptop GPU, 6144, 5900, 8.6, 551.86"
+DRIVER_DOWN = (
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+    "Make sure that the latest NVIDIA driver is installed and running."
+)
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check_env")
+    answers = {
+        "lora_cuda": {},
+        "qlora_cuda": {"finetune_method": "qlora"},
+        "lora_cpu": {"execution_provider": "cpu"},
+        "azure_cpu": {"compute_target": "azureml", "execution_provider": "cpu"},
+    }
+    return {name: bake(root / name, **extra) for name, extra in answers.items()}
+
+
+@pytest.fixture(scope="module")
+def qlora_full(projects):
+    """One full run of the QLoRA/cuda project, table and JSON (bitsandbytes makes each run seconds)."""
+    found, payload = checks(projects["qlora_cuda"])
+    return found, payload, run(projects["qlora_cuda"]).stdout
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """An interpreter with no third-party package at all, like a fresh cookiecutter install's neighbour."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, check=False)
+    assert probe.returncode != 0, "the bare interpreter must not see torch"
+    return python
+
+
+def clean_env(**extra) -> dict:
+    """This process's environment without any nvidia-smi on PATH (the machine then has no driver)."""
+    if Path("/usr/lib/wsl/lib/nvidia-smi").is_file():
+        pytest.skip("WSL's nvidia-smi cannot be hidden")
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not shutil.which("nvidia-smi", path=d)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONIOENCODING")}
+    env.update(PATH=os.pathsep.join(path), **extra)
+    return env
+
+
+def fake_smi(folder: Path, script: str) -> dict:
+    """An environment whose PATH starts with an `nvidia-smi` running `script` (POSIX sh)."""
+    if os.name == "nt":
+        pytest.skip("the fake nvidia-smi is a shell script")
+    folder.mkdir(parents=True, exist_ok=True)
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + script + "\n", encoding="utf-8")
+    smi.chmod(0o755)
+    env = clean_env()
+    env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def card(folder: Path, *lines: str) -> dict:
+    return fake_smi(folder, "\n".join(f"echo '{line}'" for line in lines))
+
+
+def run(project: Path, *args: str, env: dict | None = None, python=sys.executable):
+    done = subprocess.run(
+        [str(python), CHECK, *args],
+        cwd=project,
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        check=False,
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    return done
+
+
+def checks(project: Path, *args: str, **kwargs) -> tuple[dict, dict]:
+    """(name -> check, the whole JSON object) from --json; stdout must hold nothing else."""
+    done = run(project, "--json", *args, **kwargs)
+    payload = json.loads(done.stdout)
+    assert done.returncode == (0 if payload["ok"] else 1)
+    return {check["name"]: check for check in payload["checks"]}, payload
+
+
+def row(stdout: str, name: str) -> tuple[str, str]:
+    """(status mark, the Fix line or '') of the table row for `name`."""
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0] in MARKS.values() and parts[1].startswith(name + "  "):
+            following = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            return parts[0], following if following.startswith("Fix:") else ""
+    raise AssertionError(f"no row {name!r} in:\n{stdout}")
+
+
+def load_module(project: Path):
+    """The generated check_env.py as a module; sys.path and the `project` module are left as they were."""
+    saved_path, saved_project = list(sys.path), sys.modules.pop("project", None)
+    try:
+        spec = importlib.util.spec_from_file_location("check_env_under_test", project / CHECK)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved_path
+        sys.modules.pop("project", None)
+        if saved_project is not None:
+            sys.modules["project"] = saved_project
+    return module
+
+
+# ---------------------------------------------------------------- this machine: no GPU, no nvidia-smi
+
+
+@pytest.mark.parametrize("mode", [["--fast"], []], ids=["fast", "full"])
+def test_no_gpu_lora_project_is_a_readable_failure(projects, mode):
+    done = run(projects["lora_cuda"], *mode)
+    assert done.returncode == 1
+    mark, fix = row(done.stdout, "nvidia driver")
+    assert mark == MARKS["fail"]
+    assert "NVIDIA driver" in fix and "compute_target=azureml" in fix
+    assert row(done.stdout, "python")[0] == MARKS["ok"]
+    assert row(done.stdout, "project")[0] == MARKS["ok"]
+    assert row(done.stdout, "gpu memory")[0] == MARKS["skip"]  # one missing GPU is one problem, not three
+    last = done.stdout.strip().splitlines()[-1]
+    failures = sum(line.lstrip().startswith(MARKS["fail"]) for line in done.stdout.splitlines())
+    assert last.startswith(f"{failures} problem")
+    assert ("--fast" in last) == bool(mode)
+    if not mode:
+        assert row(done.stdout, "onnxruntime session")[0] == MARKS["fail"]
+        assert row(done.stdout, "bitsandbytes")[0] == MARKS["skip"]
+
+
+def test_cpu_only_project_trained_on_azure_is_ready_here(projects):
+    found, payload = checks(projects["azure_cpu"], "--fast")
+    if found["disk"]["status"] == "fail":
+        pytest.skip("this disk is too small for the estimate")
+    assert payload["ok"], payload
+    assert found["nvidia driver"]["status"] == "skip"
+    assert found["gpu memory"]["status"] == found["bf16 (compute capability)"]["status"] == "skip"
+    done = run(projects["azure_cpu"])
+    assert done.returncode == 0, done.stdout
+    assert row(done.stdout, "onnxruntime session")[0] == row(done.stdout, "torch")[0] == MARKS["ok"]
+    assert done.stdout.strip().splitlines()[-1] == (
+        "Ready: LoRA training of microsoft/Phi-3-mini-4k-instruct (on Azure ML), the int4 ONNX model on cpu."
+    )
+    assert "Fix:" not in done.stdout
+
+
+def test_fast_mode_with_no_third_party_packages(projects, bare_python):
+    project = projects["lora_cuda"]
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        done = run(project, "--fast", python=bare_python)
+        timings.append(time.perf_counter() - started)
+    assert min(timings) < 1.0, timings
+    assert done.returncode == 1
+    mark, fix = row(done.stdout, "torch")
+    assert mark == MARKS["fail"] and fix == "Fix: python -m pip install -r setup/requirements.txt"
+    mark, fix = row(done.stdout, "onnxruntime package")
+    assert mark == MARKS["fail"] and "pip install -r setup/requirements.txt" in fix
+    assert row(done.stdout, "packages")[0] == MARKS["fail"]
+    assert "olive-ai" in done.stdout and "not installed" in done.stdout
+    assert row(done.stdout, "python")[0] == MARKS["ok"]
+
+
+def test_full_mode_with_no_third_party_packages(projects, bare_python):
+    found, payload = checks(projects["qlora_cuda"], python=bare_python)
+    assert not payload["ok"]
+    for name in ("torch", "onnxruntime session", "onnxruntime-genai", "bitsandbytes"):
+        assert found[name]["status"] == "fail", found[name]
+        assert "pip install" in found[name]["fix"]
+    assert "import failed" in found["bitsandbytes"]["detail"]
+
+
+def test_fast_mode_time_with_the_full_environment(projects):
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        run(projects["lora_cuda"], "--fast")
+        timings.append(time.perf_counter() - started)
+    assert min(timings) < 1.0, timings
+
+
+def test_unreadable_project_json_is_reported(projects, tmp_path):
+    project = Path(shutil.copytree(projects["lora_cuda"], tmp_path / "p"))
+    (project / "setup" / "project.json").write_text("{not json", encoding="utf-8")
+    (project / "setup" / "requirements.txt").unlink()
+    found, payload = checks(project, "--fast")
+    assert found["project"]["status"] == "fail"
+    assert "assuming the template defaults" in found["project"]["detail"]
+    assert ".cookiecutter.json" in found["project"]["fix"]
+    assert found["packages"]["status"] == "fail" and "requirements.txt" in found["packages"]["detail"]
+    assert found["nvidia driver"]["status"] == "fail"  # the defaults train LoRA here
+    assert found["disk"]["status"] in ("ok", "fail")
+
+
+def test_console_without_unicode_gets_ascii_marks(projects):
+    done = run(projects["lora_cuda"], "--fast", env=clean_env(PYTHONIOENCODING="cp1252"))
+    assert done.returncode == 1
+    assert not any(mark in done.stdout for mark in MARKS.values() if mark != "!")
+    assert "  FAIL  nvidia driver" in done.stdout and "  OK    python" in done.stdout
+
+
+@pytest.mark.parametrize("mode", [["--fast"], []], ids=["fast", "full"])
+def test_json_matches_the_table(projects, qlora_full, mode):
+    if mode:
+        found, payload = checks(projects["qlora_cuda"], *mode)
+        table = run(projects["qlora_cuda"], *mode).stdout
+    else:
+        found, payload, table = qlora_full
+    assert payload["mode"] == ("fast" if mode else "full")
+    for name, check in found.items():
+        mark, fix = row(table, name)
+        assert mark == MARKS[check["status"]], name
+        assert fix == (f"Fix: {check['fix']}" if check["fix"] and check["status"] in ("fail", "warn") else "")
+    assert table.strip().splitlines()[-1] == payload["summary"]
+
+
+# ---------------------------------------------------------------- emulated GPUs (fake nvidia-smi)
+
+
+def test_h100_is_ready_for_lora(projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, H100))
+    driver = found["nvidia driver"]
+    assert driver["status"] == "ok" and "NVIDIA H100 80GB HBM3" in driver["detail"] and "550.54.15" in driver["detail"]
+    assert found["gpu memory"]["status"] == "ok" and "about 10 GiB" in found["gpu memory"]["detail"]
+    assert found["bf16 (compute capability)"]["status"] == "ok"
+
+
+def test_t4_has_no_bf16(projects, tmp_path):
+    env = card(tmp_path, T4)
+    found, _ = checks(projects["qlora_cuda"], "--fast", env=env)
+    bf16 = found["bf16 (compute capability)"]
+    assert bf16["status"] == "fail" and "compute 7.5" in bf16["detail"]
+    assert 'set passes.qlora.torch_dtype in fine-tuning/olive-config.json to "float16"' in bf16["fix"]
+    assert found["gpu memory"]["status"] == "ok"
+    # LoRA in float32 does not fit a 15 GiB T4: the fix is QLoRA in float16, not a dtype alone
+    found, _ = checks(projects["lora_cuda"], "--fast", env=env)
+    assert "finetune_method=qlora" in found["bf16 (compute capability)"]["fix"]
+
+
+def test_v100_lora_fix_names_the_dtype_key_and_the_memory(projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, V100))
+    bf16 = found["bf16 (compute capability)"]
+    assert bf16["status"] == "fail"
+    assert 'set passes.lora.torch_dtype in fine-tuning/olive-config.json to "float16"' in bf16["fix"]
+    assert "about 18 GiB" in bf16["fix"]
+
+
+def test_float16_config_passes_on_t4_and_needs_more_memory(projects, tmp_path):
+    project = Path(shutil.copytree(projects["lora_cuda"], tmp_path / "p"))
+    config_path = project / "fine-tuning" / "olive-config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["passes"]["lora"]["torch_dtype"] = "float16"
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    found, _ = checks(project, "--fast", env=card(tmp_path / "bin", T4))
+    assert found["bf16 (compute capability)"]["status"] == "ok"
+    memory = found["gpu memory"]
+    assert memory["status"] == "fail" and "about 18 GiB" in memory["detail"] and "QLoRA" in memory["fix"]
+    found, _ = checks(project, "--fast", env=card(tmp_path / "bin", H100))
+    assert found["bf16 (compute capability)"]["status"] == "warn"  # bf16 would halve the memory
+
+
+def test_6gb_card_is_too_small_for_lora(projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, RTX_6GB))
+    memory = found["gpu memory"]
+    assert memory["status"] == "fail" and "5.8 GiB free of 6.0 GiB" in memory["detail"]
+    assert "finetune_method=qlora" in memory["fix"]
+    assert found["bf16 (compute capability)"]["status"] == "ok"
+
+
+def test_busy_gpu_names_other_processes(projects, tmp_path):
+    busy = "NVIDIA A100-SXM4-40GB, 40960, 3000, 8.0, 550.54.15"
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, busy))
+    assert found["gpu memory"]["status"] == "fail" and "other processes" in found["gpu memory"]["fix"]
+
+
+def test_two_gpus_the_one_with_most_free_memory_counts(projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, RTX_6GB, H100))
+    assert "GPU 1: NVIDIA H100" in found["nvidia driver"]["detail"]
+    assert found["gpu memory"]["status"] == "ok" and "NVIDIA H100" in found["gpu memory"]["detail"]
+
+
+def test_driver_that_does_not_answer(projects, tmp_path):
+    done = run(projects["lora_cuda"], "--fast", env=fake_smi(tmp_path, f'echo "{DRIVER_DOWN}"\nexit 9'))
+    assert done.returncode == 1
+    mark, fix = row(done.stdout, "nvidia driver")
+    assert mark == MARKS["fail"] and "reboot" in fix and "reinstall the driver" in fix
+    assert "nvidia-smi failed (exit 9): NVIDIA-SMI has failed" in done.stdout
+
+
+def test_driver_library_mismatch_says_reboot(projects, tmp_path):
+    env = fake_smi(tmp_path, 'echo "Failed to initialize NVML: Driver/library version mismatch"\nexit 18')
+    found, _ = checks(projects["lora_cuda"], "--fast", env=env)
+    assert found["nvidia driver"]["status"] == "fail"
+    assert found["nvidia driver"]["fix"].endswith("reboot")
+
+
+def test_garbage_from_nvidia_smi(projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=fake_smi(tmp_path, "echo 'No devices were found, sorry'"))
+    assert found["nvidia driver"]["status"] == "fail"
+    assert "unexpected nvidia-smi output" in found["nvidia driver"]["detail"]
+
+
+def test_old_driver_without_compute_cap(projects, tmp_path):
+    script = (
+        'case "$1" in *compute_cap*) echo \'Field "compute_cap" is not a valid field to query.\'; exit 2;; esac\n'
+        "echo 'Tesla T4, 15360, 14900, 470.82.01'"
+    )
+    found, _ = checks(projects["lora_cuda"], "--fast", env=fake_smi(tmp_path, script))
+    assert found["nvidia driver"]["status"] == "ok" and "470.82.01" in found["nvidia driver"]["detail"]
+    assert found["bf16 (compute capability)"]["status"] == "warn"
+
+
+def test_hung_nvidia_smi_times_out(projects, tmp_path, monkeypatch):
+    env = fake_smi(tmp_path, "sleep 30")
+    monkeypatch.setenv("PATH", env["PATH"])
+    check_env = load_module(projects["lora_cuda"])
+    monkeypatch.setattr(check_env, "SMI_TIMEOUT_S", 0.5)
+    started = time.perf_counter()
+    gpus, error, fix = check_env.query_gpus()
+    assert time.perf_counter() - started < 10
+    assert gpus == [] and "did not answer" in error and "reboot" in fix
+
+
+# ---------------------------------------------------------------- packages
+
+
+def fake_distribution(site: Path, name: str, version: str) -> None:
+    """A real importlib.metadata distribution (dist-info with METADATA), no code: only the package record."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+
+
+def test_both_genai_packages_installed(projects, tmp_path):
+    project = projects["lora_cpu"]
+    found, _ = checks(project, "--fast")
+    assert found["onnxruntime-genai package"]["status"] == "ok", "this venv holds only onnxruntime-genai"
+    fake_distribution(tmp_path, "onnxruntime-genai-cuda", CONTEXT["_pins"]["onnxruntime-genai-cuda"])
+    fake_distribution(tmp_path, "onnxruntime-gpu", ORT_GPU)
+    found, payload = checks(project, "--fast", env=clean_env(PYTHONPATH=str(tmp_path)))
+    assert not payload["ok"]
+    genai = found["onnxruntime-genai package"]
+    assert genai["status"] == "fail" and "overwrite each other" in genai["detail"]
+    assert genai["fix"] == (
+        "python -m pip uninstall -y onnxruntime-genai onnxruntime-genai-cuda && "
+        f"python -m pip install onnxruntime-genai=={CONTEXT['_pins']['onnxruntime-genai']}"
+    )
+    ort = found["onnxruntime package"]
+    assert ort["status"] == "fail" and f"onnxruntime-gpu {ORT_GPU}" in ort["detail"]
+
+
+def test_cpu_only_packages_for_a_cuda_project(projects):
+    found, _ = checks(projects["lora_cuda"], "--fast")
+    ort = found["onnxruntime package"]
+    assert ort["status"] == "fail" and "no CUDA provider" in ort["detail"]
+    assert ort["fix"].endswith(f"python -m pip install onnxruntime-gpu=={ORT_GPU}")
+
+
+def test_version_drift_is_a_warning(projects, tmp_path):
+    fake_distribution(tmp_path, "peft", "0.1.0")
+    found, _ = checks(projects["lora_cpu"], "--fast", env=clean_env(PYTHONPATH=str(tmp_path)))
+    packages = found["packages"]
+    assert packages["status"] == "warn" and "peft 0.1.0 (pinned" in packages["detail"]
+    assert packages["fix"] == "python -m pip install -r setup/requirements.txt"
+
+
+# ---------------------------------------------------------------- full mode: real imports
+
+
+def test_onnxruntime_session_cpu_provider(projects):
+    found, _ = checks(projects["lora_cpu"])
+    session = found["onnxruntime session"]
+    assert session["status"] == "ok" and "CPUExecutionProvider" in session["detail"]
+    assert found["onnxruntime-genai"]["status"] == "ok"
+    assert found["bitsandbytes"]["status"] == "skip"
+
+
+def test_onnxruntime_session_cuda_provider_without_onnxruntime_gpu(qlora_full):
+    found = qlora_full[0]
+    session = found["onnxruntime session"]
+    assert session["status"] == "fail" and "no CUDAExecutionProvider" in session["detail"]
+    assert f"onnxruntime-gpu=={ORT_GPU}" in session["fix"]
+    genai = found["onnxruntime-genai"]
+    assert genai["status"] == "fail" and "onnxruntime-genai-cuda" in genai["fix"]
+    assert found["bitsandbytes"]["status"] == "ok"  # installed here; QLoRA needs it
+    torch = found["torch"]
+    assert torch["status"] == "fail" and "CPU-only build" in torch["detail"] and "download.pytorch.org" in torch["fix"]
+
+
+# what onnxruntime-gpu logs on fd 2 when libcudnn is missing, then it falls back to CPU without raising
+CUDNN_MISSING = (
+    "[E:onnxruntime:Default, provider_bridge_ort.cc:2195 TryGetProviderInfo_CUDA] /onnxruntime_src/onnxruntime/core/"
+    "session/provider_bridge_ort.cc:1778 onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() "
+    "[ONNXRuntimeError] : 1 : FAIL : Failed to load library libonnxruntime_providers_cuda.so with error: "
+    "libcudnn.so.9: cannot open shared object file: No such file or directory"
+)
+FAKE_ORT_GPU = f"""
+import os
+import numpy as np
+
+__version__ = "{ORT_GPU}"
+
+
+def get_available_providers():
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class InferenceSession:
+    def __init__(self, model, providers):
+        assert isinstance(model, bytes) and model
+        if "CUDAExecutionProvider" in providers:
+            os.write(2, {CUDNN_MISSING!r}.encode() + b"\\n")
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+    def run(self, outputs, feeds):
+        return [np.asarray(feeds["x"]) * 2]
+"""
+
+
+def test_cuda_provider_that_fails_to_load_is_caught_by_the_session(projects, tmp_path):
+    """onnxruntime-gpu lists CUDAExecutionProvider although libcudnn is missing: only a real session tells."""
+    (tmp_path / "onnxruntime").mkdir()
+    (tmp_path / "onnxruntime" / "__init__.py").write_text(FAKE_ORT_GPU, encoding="utf-8")
+    info = tmp_path / f"onnxruntime_gpu-{ORT_GPU}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: {ORT_GPU}\n"
+        'Requires-Dist: nvidia-cuda-runtime~=13.0; extra == "cuda"\n'
+        'Requires-Dist: nvidia-cudnn-cu13~=9.0; extra == "cudnn"\n',
+        encoding="utf-8",
+    )
+    done = run(projects["lora_cuda"], env=clean_env(PYTHONPATH=str(tmp_path)))
+    assert CUDNN_MISSING not in done.stderr, "the ORT log is captured, not leaked"
+    mark, fix = row(done.stdout, "onnxruntime session")
+    assert mark == MARKS["fail"]
+    assert "did not load, the session fell back to CPU" in done.stdout
+    assert "libcudnn.so.9: cannot open shared object file" in done.stdout
+    assert "needs CUDA 13 and cuDNN 9" in fix and f'"onnxruntime-gpu[cuda,cudnn]=={ORT_GPU}"' in fix
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_disk_estimate(projects):
+    check_env = load_module(projects["lora_cuda"])
+    facts = {"finetune_method": "lora", "onnx_precision": "int4", "download_gb": 10.0}
+    assert check_env.disk_need_gb(facts, model_present=False) == pytest.approx(35.0)  # 1 + 2 merged + 0.5 int4
+    assert check_env.disk_need_gb(facts, model_present=True) == pytest.approx(25.0)
+    assert check_env.disk_need_gb({**facts, "finetune_method": "none"}, False) == pytest.approx(15.0)
+    assert check_env.disk_need_gb({"finetune_method": "none", "onnx_precision": "fp32"}, False) == pytest.approx(
+        3 * check_env.DEFAULT_DOWNLOAD_GB
+    )
+
+
+def test_no_jinja_in_the_template_file():
+    text = (Path(__file__).resolve().parent.parent / "{{cookiecutter.project_slug}}" / CHECK).read_text("utf-8")
+    assert not any(sequence in text for sequence in ("{{", "{%", "{#"))

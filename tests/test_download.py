@@ -1,0 +1,441 @@
+"""model-cache/download.py of a generated project, with the real huggingface_hub against a local fake Hub.
+
+Every run is a subprocess of the real script (huggingface_hub reads HF_ENDPOINT when it is imported) pointed
+at tests/hub_server.py on 127.0.0.1, with its own empty HF_HOME and a socket guard that refuses any address
+but the loopback: nothing here touches the internet or the user's token.
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import bake, run_cli
+from hub_server import HubServer
+
+OLD = hashlib.sha1(b"old commit").hexdigest()  # the pinned commit
+MAIN = hashlib.sha1(b"main commit").hexdigest()  # newer, where main points
+TOKEN = "hf_TestTokenThatMustNeverBeWrittenAnywhere42"
+SHARD = "model-00001-of-00002.safetensors"
+WANTED = {
+    "config.json",
+    "generation_config.json",
+    SHARD,
+    "model-00002-of-00002.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "LICENSE",
+}
+UNWANTED = {
+    ".gitattributes",
+    "README.md",
+    "configuration_phi3.py",
+    "modeling_phi3.py",
+    "sample_finetune.py",
+    "pytorch_model.bin",
+    "onnx/model.onnx",
+    "onnx/model.safetensors",
+    "images/banner.png",
+}
+# Run in every subprocess (sitecustomize on PYTHONPATH): any connection or name lookup off the loopback fails.
+SOCKET_GUARD = """
+import socket
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _check(host):
+    if host not in _LOOPBACK:
+        raise OSError(f"socket guard: {host} is not the loopback; tests must stay offline")
+
+
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _check(address[0])
+    return _connect(self, address)
+
+
+def connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _check(address[0])
+    return _connect_ex(self, address)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    _check(host.decode() if isinstance(host, bytes) else host)
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+"""
+
+
+def model_files(version: str) -> dict[str, bytes]:
+    rng = random.Random(version)
+    config = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "version": version}
+    index = {"metadata": {}, "weight_map": {"a.weight": SHARD, "b.weight": "model-00002-of-00002.safetensors"}}
+    files = {name: f"{name} {version}\n".encode() for name in WANTED | UNWANTED}
+    files.update(
+        {
+            "config.json": json.dumps(config).encode(),
+            "model.safetensors.index.json": json.dumps(index).encode(),
+            SHARD: rng.randbytes(192 * 1024),
+            "model-00002-of-00002.safetensors": rng.randbytes(64 * 1024),
+            "tokenizer.model": rng.randbytes(16 * 1024),
+            "pytorch_model.bin": rng.randbytes(32 * 1024),
+        }
+    )
+    return files
+
+
+FILES = {OLD: model_files("old"), MAIN: model_files("main")}
+# huggingface_hub writes what it receives in 10 MiB chunks: only a larger file shows a resume at a byte offset
+CHUNK = 10 * 2**20
+BIG = {**FILES[OLD], SHARD: random.Random("big").randbytes(2 * CHUNK + 4096)}
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    return bake(tmp_path_factory.mktemp("bake"))
+
+
+@pytest.fixture
+def proj(baked, tmp_path):
+    return Path(shutil.copytree(baked, tmp_path / baked.name))
+
+
+def facts(proj: Path) -> dict:
+    return json.loads((proj / "setup" / "project.json").read_text(encoding="utf-8"))
+
+
+def set_revision(proj: Path, revision: str | None) -> None:
+    data = facts(proj)
+    data["revision"] = revision
+    (proj / "setup" / "project.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def model_dir(proj: Path) -> Path:
+    return proj / facts(proj)["model_dir"]
+
+
+def model_files_on_disk(proj: Path) -> dict[str, bytes]:
+    root = model_dir(proj)
+    if not root.is_dir():
+        return {}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".cache" not in p.relative_to(root).parts
+    }
+
+
+def make_hub(proj: Path, old: dict[str, bytes] = FILES[OLD], **repo_options) -> HubServer:
+    """A hub holding the project's base model at OLD and MAIN (main), and at the project's own pin if any."""
+    hub = HubServer()
+    repo = facts(proj)["base_model"]
+    hub.add_repo(repo, OLD, old, branch=None, **repo_options)
+    hub.add_repo(repo, MAIN, FILES[MAIN], **repo_options)
+    pinned = facts(proj).get("revision")
+    if pinned and pinned not in (OLD, MAIN):
+        hub.add_repo(repo, pinned, old, branch=None, **repo_options)
+    return hub
+
+
+@pytest.fixture
+def hub(proj):
+    with make_hub(proj) as server:
+        yield server
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path):
+    """Run `python model-cache/download.py ARGS` in a project against a hub, in a clean offline-only env."""
+    for name in list(os.environ):
+        if name.startswith(("HF_", "HUGGING_FACE_")):
+            monkeypatch.delenv(name)
+    guard = tmp_path / "socket-guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SOCKET_GUARD, encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+    def call(proj: Path, *args: str, endpoint: str, env: dict[str, str] | None = None, popen: bool = False):
+        with monkeypatch.context() as m:
+            m.setenv("HF_ENDPOINT", endpoint)
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            command = [sys.executable, "model-cache/download.py", *args]
+            if popen:
+                return subprocess.Popen(command, cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return run_cli(command, cwd=proj, timeout=120)
+
+    return call
+
+
+def error_lines(result) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+
+
+def assert_fails(result, code: int, *words: str) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    errors = error_lines(result)
+    assert len(errors) == 1, result.stderr
+    assert errors[0] == result.stderr.strip().splitlines()[-1], "the error is the last line"
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def assert_model(proj: Path, commit: str, files: dict[str, bytes] | None = None) -> None:
+    assert model_files_on_disk(proj) == {name: (files or FILES[commit])[name] for name in WANTED}
+
+
+@pytest.fixture
+def big_hub(proj):
+    with make_hub(proj, old=BIG) as server:
+        yield server
+
+
+def test_pinned_download_fetches_only_the_pipeline_files(proj, hub, cli):
+    result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert_model(proj, OLD)  # the pinned commit, not main; byte-identical; no *.bin, onnx/, code, docs
+    assert {r.file for r in hub.gets()} == WANTED
+    assert "WARNING" not in result.stderr
+    assert f"Model ready: {model_dir(proj).resolve()}" in result.stdout
+    assert "Next: python fine-tuning/check_config.py" in result.stdout
+    assert OLD in result.stdout
+
+
+def test_rerun_downloads_nothing_again(proj, hub, cli):
+    assert cli(proj, "--revision", OLD, endpoint=hub.endpoint).returncode == 0
+    fetched = len(hub.gets())
+    result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert len(hub.gets()) == fetched
+    assert "nothing to download" in result.stdout
+    assert_model(proj, OLD)
+
+
+def test_default_revision_is_the_projects_pin(proj, hub, cli):
+    set_revision(proj, OLD)
+    result = cli(proj, endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr
+    assert_model(proj, OLD)
+
+
+def test_unpinned_project_downloads_main_with_a_warning(proj, hub, cli):
+    set_revision(proj, None)
+    result = cli(proj, endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert "unpinned" in result.stderr and "--revision" in result.stderr
+    assert MAIN in result.stdout  # the commit to pin
+    assert_model(proj, MAIN)
+
+
+def test_generated_project_as_is(proj, hub, cli):
+    """Whatever the template's table pins (a commit, or nothing yet), the generated default command works."""
+    pinned = facts(proj).get("revision")
+    result = cli(proj, endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert ("unpinned" in result.stderr) == (not pinned)
+    assert (pinned or MAIN) in result.stdout
+
+
+def test_gated_repo_needs_the_token_which_is_never_written(proj, cli, tmp_path):
+    with make_hub(proj, gated=True, tokens={TOKEN}) as hub:
+        denied = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+        assert_fails(denied, 4, "accept the licence", "HF_TOKEN", "hf auth login")
+        assert not hub.gets()
+
+        bad = cli(proj, "--revision", OLD, endpoint=hub.endpoint, env={"HF_TOKEN": "hf_not_a_valid_token"})
+        assert_fails(bad, 4)
+
+        before = len(hub.requests)
+        allowed = cli(proj, "--revision", OLD, endpoint=hub.endpoint, env={"HF_TOKEN": TOKEN})
+        assert allowed.returncode == 0, allowed.stderr
+        assert_model(proj, OLD)
+        hub_calls = [r for r in hub.requests[before:] if r.server == "hub"]
+        assert hub_calls and all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in hub_calls)
+        cdn_calls = [r for r in hub.requests[before:] if r.server == "cdn"]
+        assert cdn_calls and not any("authorization" in r.headers for r in cdn_calls), "token sent off the Hub"
+
+    assert TOKEN not in allowed.stdout + allowed.stderr
+    for root in (proj, tmp_path / "hf-home"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_unknown_repo(proj, hub, cli):
+    result = cli(proj, "--repo", "microsoft/no-such-model", endpoint=hub.endpoint)
+    assert_fails(result, 5, "microsoft/no-such-model", "not found")
+
+
+def test_unknown_revision(proj, hub, cli):
+    unknown = hashlib.sha1(b"never committed").hexdigest()
+    result = cli(proj, "--revision", unknown, endpoint=hub.endpoint)
+    assert_fails(result, 6, unknown, "--revision main")
+    assert not model_files_on_disk(proj)
+
+
+def test_connection_cut_mid_file_is_retried_within_the_run(proj, big_hub, cli):
+    big_hub.cut(SHARD)  # 10.0 MiB of 20.0 arrive, then the connection drops
+    big_hub.cut("tokenizer.model")  # 8 KiB of 16
+    result = cli(proj, "--revision", OLD, endpoint=big_hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert_model(proj, OLD, BIG)
+    assert "Trying to resume download" in result.stderr
+    first, second = big_hub.gets(SHARD)
+    assert "range" not in first.headers
+    assert second.headers["range"] == f"bytes={CHUNK}-", "resumed from the last whole chunk it had written"
+    first, second = big_hub.gets("tokenizer.model")
+    assert "range" not in second.headers, "less than a chunk arrived: the retry starts from zero"
+
+
+def test_connection_lost_for_good_then_rerun_completes(proj, hub, cli):
+    hub.cut(SHARD, times=100, keep=0)  # headers, then nothing: huggingface_hub gives up after 5 retries
+    failed = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert_fails(failed, 3, "run again")
+    assert SHARD not in model_files_on_disk(proj)
+    assert "config.json" in model_files_on_disk(proj), "the other files finished"
+
+    hub.cut(SHARD, times=0)
+    before = {name: len(hub.gets(name)) for name in WANTED}
+    result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert_model(proj, OLD)
+    again = {name for name in WANTED if len(hub.gets(name)) > before[name]}
+    assert again == {SHARD}, "finished files are not downloaded again"
+
+
+def test_interrupted_run_restarts_the_file_from_zero(proj, big_hub, cli):
+    big_hub.stall(SHARD)  # half the file, then the server waits
+    process = cli(proj, "--revision", OLD, endpoint=big_hub.endpoint, popen=True)
+    try:
+        assert big_hub.stalled.wait(timeout=60), "the download never reached the stalled file"
+        partials = model_dir(proj) / ".cache" / "huggingface" / "download"
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size >= CHUNK for p in partials.glob("*.incomplete")):
+            assert time.monotonic() < deadline, "the first 10 MiB never reached the disk"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("ERROR: interrupted: run the same command again")
+    assert SHARD not in model_files_on_disk(proj)
+
+    big_hub.release()
+    result = cli(proj, "--revision", OLD, endpoint=big_hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert_model(proj, OLD, BIG)
+    assert "range" not in big_hub.gets(SHARD)[-1].headers, "huggingface_hub 2.x does not resume across runs"
+    assert not list(model_dir(proj).rglob("*.incomplete")), "the dead partial files are removed"
+
+
+def test_hub_not_running(proj, cli):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    started = time.monotonic()
+    result = cli(proj, "--revision", OLD, endpoint=closed)
+    assert_fails(result, 3, "cannot reach the Hub")
+    assert time.monotonic() - started < 30
+
+
+def test_hub_down_with_complete_files_succeeds(proj, cli):
+    with make_hub(proj) as hub:
+        assert cli(proj, "--revision", OLD, endpoint=hub.endpoint).returncode == 0
+        endpoint = hub.endpoint
+    result = cli(proj, "--revision", OLD, endpoint=endpoint)
+    assert result.returncode == 0, result.stderr
+    assert "cannot reach the Hub" in result.stderr
+    assert_model(proj, OLD)
+
+
+def test_offline_mode(proj, hub, cli):
+    missing = cli(proj, "--revision", OLD, endpoint=hub.endpoint, env={"HF_HUB_OFFLINE": "1"})
+    assert_fails(missing, 3, "HF_HUB_OFFLINE")
+    assert not hub.requests
+
+    assert cli(proj, "--revision", OLD, endpoint=hub.endpoint).returncode == 0
+    seen = len(hub.requests)
+    started = time.monotonic()
+    present = cli(proj, "--revision", OLD, endpoint=hub.endpoint, env={"HF_HUB_OFFLINE": "1"})
+    assert present.returncode == 0, present.stderr
+    assert len(hub.requests) == seen, "offline mode made a request"
+    assert time.monotonic() - started < 20
+    assert_model(proj, OLD)
+
+    other = cli(proj, "--revision", MAIN, endpoint=hub.endpoint, env={"HF_HUB_OFFLINE": "1"})
+    assert_fails(other, 3, f"holds commit {OLD}, not {MAIN}")
+
+
+def test_not_enough_disk_space_is_refused_before_downloading(proj, hub, cli):
+    hub.declare_size(facts(proj)["base_model"], SHARD, 10**18)
+    result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert_fails(result, 7, "not enough disk space", "--local-dir")
+    assert not hub.gets()
+    assert not model_files_on_disk(proj)
+
+
+def test_disk_full_during_the_download(proj, hub, cli):
+    # ENOSPC cannot be provoked on a real disk here: the write path of huggingface_hub raises it instead
+    script = (
+        "import errno, runpy, sys\n"
+        "import huggingface_hub.file_download as fd\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "fd.http_get = full\n"
+        "sys.argv = ['model-cache/download.py', '--revision', sys.argv[1]]\n"
+        "runpy.run_path('model-cache/download.py', run_name='__main__')\n"
+    )
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HF_ENDPOINT", hub.endpoint)
+        result = run_cli([sys.executable, "-c", script, OLD], cwd=proj, timeout=120)
+    assert_fails(result, 7, "disk full")
+
+
+def test_second_download_into_the_same_folder_is_refused(proj, hub, cli):
+    from filelock import FileLock
+
+    target = model_dir(proj)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.download.lock")):
+        result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert_fails(result, 1, "another download")
+    assert not hub.requests
+
+
+def test_help_documents_exit_codes_and_restarts(proj, cli):
+    result = cli(proj, "--help", endpoint="http://127.0.0.1:9")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "starts that file again from zero" in text
+    assert "3 Hub unreachable" in text and "7 not enough disk space" in text and "130 interrupted" in text
+
+
+def test_socket_guard_refuses_the_internet(proj, cli, tmp_path):
+    probe = "import socket; socket.create_connection(('huggingface.co', 443), timeout=5)"
+    result = run_cli([sys.executable, "-c", probe], cwd=tmp_path, timeout=60)
+    assert result.returncode != 0 and "socket guard" in result.stderr

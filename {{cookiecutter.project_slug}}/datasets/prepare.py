@@ -1,0 +1,410 @@
+"""Turn your data into the train and eval files the Olive config reads, and say exactly what is wrong with it.
+
+    python datasets/prepare.py [SOURCE] [--question-column Q] [--answer-column A] [--preview N] [--check]
+
+SOURCE is a CSV/TSV (quoted commas and newlines are fine), a JSON list, JSONL, Parquet, or a folder saved
+with datasets' save_to_disk; default datasets/sample.csv. Rows are question/answer columns, or chat rows
+({"messages": [{"role", "content"}, ...]} or ShareGPT {"conversations": [{"from", "value"}, ...]}), which are
+rendered with the model's chat format. Bad rows are dropped and counted, with their line numbers. The rows
+kept are split (fixed seed and eval share) into the files named in fine-tuning/olive-config.json.
+
+The source file is never modified; an existing output with different rows is kept unless --force; outputs
+are replaced atomically, so an interrupted run leaves the old files whole.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import string
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "setup"))
+import project  # noqa: E402
+import sources  # noqa: E402
+
+DEFAULT_SOURCE = HERE / "sample.csv"
+EVAL_SHARE = 0.1
+SEED = 42
+# Without the model's tokenizer, a conservative estimate for English text (BPE averages about 4 characters)
+CHARS_PER_TOKEN = 3.5
+ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+SHOWN_LOCATIONS = 5
+
+
+class PrepareError(RuntimeError):
+    """Nothing usable can be written; the message says what to do."""
+
+
+class Layout:
+    """What training reads: the text template, its two fields, the length limit and the two output files."""
+
+    def __init__(self, facts: dict, config: dict):
+        data = {d["name"]: d for d in config.get("data_configs", [])}
+        chat = facts["chat_format"]
+        q, a = facts["question_column"], facts["answer_column"]
+        default_template = "".join([chat["user"], "{", q, "}", chat["end"], chat["assistant"], "{", a, "}"])
+        default_template += chat["end"].rstrip()
+        pre = data.get("train_data", {}).get("pre_process_data_config", {})
+        self.template = pre.get("text_template", default_template)
+        fields = [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
+        if len(fields) != 2:
+            raise PrepareError(f"fine-tuning/olive-config.json: text_template must use two fields, has {fields}")
+        self.question, self.answer = fields
+        self.max_seq_len = int(pre.get("max_seq_len", facts["max_seq_len"]))
+        self.chat = chat
+
+        def file_of(name: str, default: str) -> Path:
+            files = data.get(name, {}).get("load_dataset_config", {}).get("data_files", default)
+            return project.ROOT / (files if isinstance(files, str) else files[0])
+
+        self.train_file = file_of("train_data", "datasets/train.jsonl")
+        self.eval_file = file_of("eval_data", "datasets/eval.jsonl")
+
+    def prompt(self, row: dict) -> str:
+        head = self.template.split("{" + self.answer + "}")[0]
+        return head.format(**row)
+
+    def text(self, row: dict) -> str:
+        return self.template.format(**row)
+
+
+class TokenCounter:
+    """Exact counts with the base model's tokenizer when it is in model-cache/, else an estimate."""
+
+    def __init__(self, tokenizer_dir: Path | None):
+        self.tokenizer = None
+        self.source = f"estimated at {CHARS_PER_TOKEN} characters per token (the model's tokenizer counts exactly)"
+        if tokenizer_dir and (tokenizer_dir / "tokenizer.json").is_file():
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                return
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+            self.source = f"counted with {_shown(tokenizer_dir / 'tokenizer.json')}"
+
+    @property
+    def exact(self) -> bool:
+        return self.tokenizer is not None
+
+    def count(self, text: str) -> int:
+        # Olive's line-by-line tokenization adds no special tokens: the template carries them
+        if self.tokenizer is None:
+            return math.ceil(len(text) / CHARS_PER_TOKEN)
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def cut(self, text: str, tokens: int) -> str:
+        """The longest prefix of text with at most `tokens` tokens."""
+        if tokens <= 0:
+            return ""
+        if self.tokenizer is None:
+            return text[: int(tokens * CHARS_PER_TOKEN)]
+        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        return text if tokens >= len(offsets) else text[: offsets[tokens - 1][1]]
+
+
+def refuse_control_tokens(text: str, chat: dict) -> None:
+    token = next((t.strip() for t in chat.values() if t.strip() and t.strip() in text), None)
+    if token:
+        raise ValueError(f"text contains the chat token {token} (it would end the turn early)")
+
+
+def chat_pair(turns: list, shape: str, chat: dict) -> tuple[str, str]:
+    """Render a conversation as (question, answer): the answer is the last assistant turn, the question
+    everything before it, with the chat tokens in between, so the template reproduces the whole dialogue."""
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise ValueError(f"{shape} entry is not an object")
+        role_key, text_key = ("role", "content") if shape == "messages" else ("from", "value")
+        role = ROLE_NAMES.get(str(turn.get(role_key, "")).lower())
+        text = turn.get(text_key)
+        if role is None:
+            raise ValueError(f"unknown role {turn.get(role_key)!r} (use user, assistant or system)")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"empty {role} turn")
+        refuse_control_tokens(text, chat)
+        messages.append((role, text.strip()))
+    system = [text for role, text in messages if role == "system"]
+    dialogue = [(role, text) for role, text in messages if role != "system"]
+    if len(dialogue) < 2 or dialogue[-1][0] != "assistant":
+        raise ValueError("conversation must end with an assistant turn after a user turn")
+    expected = ["user", "assistant"] * len(dialogue)
+    if [role for role, _ in dialogue] != expected[: len(dialogue)]:
+        raise ValueError("turns must alternate user, assistant, starting with user")
+    if system:  # Phi-3-mini's chat format has no system turn: it leads the first user turn
+        dialogue[0] = ("user", "\n\n".join(system + [dialogue[0][1]]))
+    parts = [dialogue[0][1]]
+    for role, text in dialogue[1:-1]:
+        parts.append(chat["end"] + (chat["assistant"] if role == "assistant" else chat["user"]) + text)
+    return "".join(parts), dialogue[-1][1]
+
+
+def to_pair(record: dict, question_col: str, answer_col: str, chat: dict) -> tuple[str, str]:
+    """(question, answer) of one record, or ValueError saying why the row cannot be used."""
+    if "__error__" in record:
+        raise ValueError(record["__error__"])
+    for shape in ("messages", "conversations"):
+        if question_col not in record and isinstance(record.get(shape), list):
+            return chat_pair(record[shape], shape, chat)
+    values = []
+    for column in (question_col, answer_col):
+        if column not in record:
+            raise ValueError(f"no {column!r} column")
+        value = record[column]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError(f"empty {column!r}")
+        if not isinstance(value, str):
+            raise ValueError(f"{column!r} is not text ({type(value).__name__})")
+        refuse_control_tokens(value, chat)
+        values.append(value.replace("\r\n", "\n").strip())
+    return values[0], values[1]
+
+
+class Report:
+    def __init__(self):
+        self.read = 0
+        self.dropped: dict[str, list[str]] = {}
+        self.truncated: list[str] = []
+
+    def drop(self, reason: str, where: str) -> None:
+        self.dropped.setdefault(reason, []).append(where)
+
+    @staticmethod
+    def _places(wheres: list[str]) -> str:
+        shown = ", ".join(wheres[:SHOWN_LOCATIONS])
+        return shown + (f", ... {len(wheres) - SHOWN_LOCATIONS} more" if len(wheres) > SHOWN_LOCATIONS else "")
+
+    def lines(self) -> list[str]:
+        out = []
+        total = sum(len(w) for w in self.dropped.values())
+        if total:
+            out.append(f"Dropped {total}:")
+            for reason, wheres in sorted(self.dropped.items(), key=lambda item: -len(item[1])):
+                out.append(f"  {len(wheres):>5}  {reason} ({self._places(wheres)})")
+        if self.truncated:
+            out.append(f"Truncated {len(self.truncated)} answers to fit ({self._places(self.truncated)})")
+        return out
+
+
+def columns_seen(rows: list[tuple[str, dict]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for _, record in rows[:1000]:
+        seen.update((key, None) for key in record if key != "__error__")
+    return list(seen)
+
+
+def collect(rows, layout: Layout, counter: TokenCounter, question_col: str, answer_col: str, over: str, report):
+    """The usable rows, each as (where, output row, token count); every other row is counted in report."""
+    names = columns_seen(rows)
+    is_chat = {"messages", "conversations"} & set(names)
+    missing = [c for c in (question_col, answer_col) if c not in names]
+    if missing and not is_chat and rows:
+        have = ", ".join(repr(n) for n in names) or "none"
+        flag = "--question-column" if question_col in missing else "--answer-column"
+        raise PrepareError(f"no column {missing[0]!r}; the file has {have}: pass {flag} with the right one")
+    header = (question_col.strip().lower(), answer_col.strip().lower())
+    seen: dict[tuple[str, str], str] = {}
+    kept = []
+    for where, record in rows:
+        report.read += 1
+        try:
+            question, answer = to_pair(record, question_col, answer_col, layout.chat)
+        except ValueError as error:
+            report.drop(str(error), where)
+            continue
+        if (question.lower(), answer.lower()) == header:
+            report.drop("header row repeated as data", where)
+            continue
+        if (question, answer) in seen:
+            report.drop("duplicate of an earlier row", where)
+            continue
+        seen[(question, answer)] = where
+        row = {layout.question: question, layout.answer: answer}
+        tokens = counter.count(layout.text(row))
+        if tokens > layout.max_seq_len:
+            if over == "drop":
+                report.drop(f"longer than max_seq_len {layout.max_seq_len} tokens", where)
+                continue
+            row, tokens = truncate(row, layout, counter)
+            if row is None:
+                report.drop(f"prompt alone is longer than max_seq_len {layout.max_seq_len} tokens", where)
+                continue
+            report.truncated.append(where)
+        kept.append((where, row, tokens))
+    return kept
+
+
+def truncate(row: dict, layout: Layout, counter: TokenCounter):
+    """Shorten the answer so the whole sample fits; the template's closing tokens stay."""
+    fixed = counter.count(layout.text({**row, layout.answer: ""}))
+    budget = layout.max_seq_len - fixed
+    for _ in range(8):  # tokens can merge across the cut: shrink until it fits
+        if budget <= 0:
+            return None, 0
+        answer = counter.cut(row[layout.answer], budget).rstrip()
+        candidate = {**row, layout.answer: answer}
+        tokens = counter.count(layout.text(candidate))
+        if tokens <= layout.max_seq_len and answer:
+            return candidate, tokens
+        budget -= max(1, tokens - layout.max_seq_len)
+    return None, 0
+
+
+def split(kept: list, share: float, seed: int) -> tuple[list, list]:
+    """Deterministic: the same rows, seed and share always give the same files; each keeps source order."""
+    if len(kept) < 2:
+        raise PrepareError(f"{len(kept)} usable rows; training needs at least 2 (one to train, one to evaluate)")
+    order = list(range(len(kept)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(kept) - 1, max(1, round(len(kept) * share)))
+    eval_ids = set(order[:n_eval])
+    train = [kept[i] for i in range(len(kept)) if i not in eval_ids]
+    evaluation = [kept[i] for i in range(len(kept)) if i in eval_ids]
+    return train, evaluation
+
+
+def jsonl(rows: list) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for _, row, _ in rows)
+
+
+def write_outputs(contents: dict[Path, str], force: bool) -> list[str]:
+    """Write every file or none: all are staged beside their target, then renamed into place."""
+    changed = [path for path, text in contents.items() if not path.is_file() or path.read_text("utf-8") != text]
+    different = [path for path in changed if path.is_file()]
+    if different and not force:
+        names = ", ".join(_shown(path) for path in different)
+        raise PrepareError(f"{names} already holds different rows; pass --force to replace it")
+    staged = {}
+    try:
+        for path in changed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged[path] = temp
+            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
+                out.write(contents[path])
+                out.flush()
+                os.fsync(out.fileno())
+        for path, temp in staged.items():
+            os.replace(temp, path)
+    finally:
+        for temp in staged.values():
+            if os.path.exists(temp):
+                os.unlink(temp)
+    return [_shown(path) for path in changed]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(project.ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def percentile(values: list[int], share: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+
+
+def preview(rows: list, layout: Layout, count: int) -> None:
+    """Print samples exactly as Olive builds them: the template filled in, no special tokens added."""
+    print(
+        "\nSamples as training sees them. [prompt] and [answer] mark the parts; Olive's line-by-line "
+        "strategy computes the loss on both."
+    )
+    for number, (where, row, tokens) in enumerate(rows[:count], start=1):
+        prompt, text = layout.prompt(row), layout.text(row)
+        print(f"\n--- sample {number} ({where} of the source, {tokens} tokens) ---")
+        print("[prompt]")
+        print(prompt, end="" if prompt.endswith("\n") else "\n")
+        print("[answer]")
+        print(text[len(prompt) :])
+
+
+def summarise(report: Report, kept: list, counter: TokenCounter, layout: Layout, source: str) -> None:
+    print(f"Read {report.read} rows from {source}; kept {len(kept)}")
+    for line in report.lines():
+        print(line)
+    lengths = [tokens for _, _, tokens in kept]
+    if lengths:
+        print(
+            f"Tokens per sample, {counter.source}: p50 {percentile(lengths, 0.5)}, p90 {percentile(lengths, 0.9)}, "
+            f"p99 {percentile(lengths, 0.99)}, max {max(lengths)}; limit max_seq_len {layout.max_seq_len}"
+        )
+
+
+def parse_args(argv, facts: dict):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
+    parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE, help="data file or folder")
+    parser.add_argument("--question-column", default=facts["question_column"], help="column with the prompt")
+    parser.add_argument("--answer-column", default=facts["answer_column"], help="column with the answer")
+    parser.add_argument("--format", default="auto", choices=["auto", *sources.FORMATS], help="default: by suffix")
+    parser.add_argument("--encoding", default="utf-8-sig", help="text encoding of CSV/TSV/JSON files")
+    parser.add_argument("--split", default="train", help="split to read from a datasets folder")
+    parser.add_argument("--eval-share", type=float, default=EVAL_SHARE, help="share of rows for evaluation")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the train/eval split")
+    parser.add_argument(
+        "--over-length", choices=["drop", "truncate"], default="drop",
+        help="rows longer than max_seq_len: drop them (default) or cut the answer to fit",
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, default=project.ROOT / facts["model_dir"],
+        help="folder with the model's tokenizer.json (default: the base model in model-cache/)",
+    )
+    parser.add_argument("--preview", type=int, metavar="N", help="print N samples as training sees them; write nothing")
+    parser.add_argument("--check", action="store_true", help="validate and summarise; write nothing")
+    parser.add_argument("--force", action="store_true", help="replace outputs that hold different rows")
+    args = parser.parse_args(argv)
+    if not 0 < args.eval_share < 1:
+        parser.error("--eval-share must be between 0 and 1")
+    return args
+
+
+def main(argv=None) -> int:
+    facts = project.load()
+    args = parse_args(argv, facts)
+    try:
+        config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
+        layout = Layout(facts, config)
+        source = args.source.resolve()
+        if source in (layout.train_file.resolve(), layout.eval_file.resolve()):
+            raise PrepareError("this is an output of this script; pass your original data file")
+        fmt, rows = sources.read(source, args.format, args.encoding, args.split)
+        counter = TokenCounter(args.tokenizer)
+        report = Report()
+        kept = collect(rows, layout, counter, args.question_column, args.answer_column, args.over_length, report)
+        summarise(report, kept, counter, layout, f"{_shown(source)} ({fmt})")
+        train, evaluation = split(kept, args.eval_share, args.seed)
+    except (sources.SourceError, PrepareError) as error:
+        print(f"ERROR: {_shown(args.source)}: {error}", file=sys.stderr)
+        return 1
+    if args.preview is not None:
+        preview(train, layout, args.preview)
+        return 0
+    if args.check:
+        print(f"Check only: would write {len(train)} train and {len(evaluation)} eval rows")
+        return 0
+    outputs = {layout.train_file: jsonl(train), layout.eval_file: jsonl(evaluation)}
+    try:
+        written = write_outputs(outputs, args.force)
+    except PrepareError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    state = "written" if written else "unchanged"
+    print(
+        f"Train {len(train)} rows -> {_shown(layout.train_file)}, eval {len(evaluation)} rows -> "
+        f"{_shown(layout.eval_file)} ({state}; split seed {args.seed}, eval share {args.eval_share:g})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
