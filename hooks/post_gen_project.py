@@ -17,6 +17,18 @@ PREPARE = ["datasets/prepare.py"]
 CHECK_ENV = ["setup/check_env.py", "--fast"]
 DOWNLOAD = ["model-cache/download.py"]
 STEP_TIMEOUT_S = 120
+YES = (True, "True", "true", "yes", "y", "1")
+
+
+def say(text: str = "") -> None:
+    """print that survives a closed pipe (`cookiecutter ... | head`): losing output must not lose the project."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, OSError):
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout for the rest of the run
+        except OSError:
+            pass
 
 
 def remove_unused_variants(root: Path, context: dict) -> None:
@@ -26,68 +38,98 @@ def remove_unused_variants(root: Path, context: dict) -> None:
 
 def run_step(title: str, python: str, args: list, root: Path, timeout) -> bool:
     """Run one project script with its output shown as it comes; report instead of raising."""
-    print(f"\n== {title}: {Path(python).name} {' '.join(args)}", flush=True)
+    say(f"\n== {title}: {python} {' '.join(args)}")
+    # no __pycache__ folders in a freshly generated project
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     try:
-        # no __pycache__ folders in a freshly generated project
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         result = subprocess.run([python, *args], cwd=root, env=env, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as error:
-        print(f"WARNING: {title} did not run ({error}); run it later: python {' '.join(args)}")
+        say(f"WARNING: {title} did not run ({error}); run it later: python {' '.join(args)}")
         return False
     return result.returncode == 0
 
 
-def interpreter_with(module: str) -> str | None:
-    """The first Python here that can import module: the active virtualenv, this one, then the PATH's."""
-    candidates = []
+def candidates() -> list[str]:
+    """The Pythons a user may train with: the active virtualenv, the one running cookiecutter, the PATH's."""
+    found = []
     if os.environ.get("VIRTUAL_ENV"):
         venv = Path(os.environ["VIRTUAL_ENV"])
-        candidates += [str(venv / "bin" / "python"), str(venv / "Scripts" / "python.exe")]
-    candidates += [sys.executable, shutil.which("python3"), shutil.which("python")]
-    for python in dict.fromkeys(c for c in candidates if c and Path(c).is_file()):
+        found += [str(venv / "bin" / "python"), str(venv / "Scripts" / "python.exe")]
+    found += [sys.executable, shutil.which("python3"), shutil.which("python")]
+    return list(dict.fromkeys(c for c in found if c and Path(c).is_file()))
+
+
+def interpreter_with(distribution: str, major: str | None = None) -> str | None:
+    """The first candidate with the distribution installed (at the pinned major version, if given); checked
+    through package metadata, so nothing heavy is imported."""
+    probe = (
+        "import sys\nfrom importlib.metadata import version\n"
+        f"try:\n    v = version({distribution!r})\nexcept Exception:\n    sys.exit(1)\n"
+        f"sys.exit(0 if {major!r} is None or v.split('.')[0] == {major!r} else 1)\n"
+    )
+    for python in candidates():
         try:
-            probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=60, check=False)
+            result = subprocess.run([python, "-c", probe], capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
             continue
-        if probe.returncode == 0:
+        if result.returncode == 0:
             return python
     return None
 
 
-def fetch_model(root: Path) -> str:
-    python = interpreter_with("huggingface_hub")
+def check_environment(root: Path) -> None:
+    python = interpreter_with("torch")
     if python is None:
-        return "no Python here has huggingface_hub yet: after installing setup/requirements.txt run"
+        python = sys.executable
+        say("\nNo Python here has the project's packages yet (expected before setup): the check below shows "
+            "what `python -m pip install -r setup/requirements.txt` will bring.")
+    run_step("Environment check (fast; the full check: python setup/check_env.py)", python, CHECK_ENV, root,
+             STEP_TIMEOUT_S)
+
+
+def fetch_model(root: Path) -> str:
+    pin = CONTEXT["_pins"]["huggingface_hub"]
+    python = interpreter_with("huggingface_hub", pin.split(".")[0])
+    if python is None:
+        return f"no Python here has huggingface_hub {pin} yet: after installing setup/requirements.txt run"
     if run_step("Base model download", python, DOWNLOAD, root, timeout=None):
         return ""
     return "the download did not finish (the line above says why); fix that, then run"
 
 
-def next_steps(context: dict, download_note: str | None) -> str:
+def next_steps(root: Path, context: dict, download_note: str | None, data_ready: bool) -> str:
     model = context["base_model"]
+    trains = context["finetune_method"] != "none"
     lines = [
         "",
-        f"Created {context['project_slug']}/ for {model} ({context['finetune_method']}, "
+        f"Created {root} for {model} ({context['finetune_method']}, "
         f"ONNX {context['onnx_precision']} on {context['execution_provider']}).",
         "Next steps (run them from the project folder):",
-        f"  cd {context['project_slug']}",
+        f"  cd {root}",
         "  python -m pip install -r setup/requirements.txt",
         "  python setup/check_env.py                 # GPU, CUDA, packages, disk: what is missing and how to fix it",
         "  python setup/smoke.py                     # offline: the whole workflow on a tiny model",
-        "  python datasets/prepare.py <your data>    # CSV/JSON/JSONL/Parquet -> the files Olive reads",
     ]
+    if trains:
+        lines.append("  python datasets/prepare.py <your data>    # CSV/JSON/JSONL/Parquet -> the files Olive reads")
+    if not data_ready:
+        lines.append("  python datasets/prepare.py                # the sample set was not prepared (see above)")
     if download_note is None:
-        lines.append("  python model-cache/download.py            # the base model, pinned revision")
+        lines.append("  python model-cache/download.py            # the base model")
     elif download_note:
         lines.append(f"  # {download_note}:")
         lines.append("  python model-cache/download.py")
+    lines.append("  python fine-tuning/check_config.py        # Olive reads every key of the config")
+    if context["compute_target"] == "azureml":
+        lines += [
+            "  python fine-tuning/azureml/submit.py --dry-run   # the Azure ML job, validated locally",
+            "  python fine-tuning/azureml/submit.py             # run the workflow on your Azure ML cluster",
+            "  python fine-tuning/azureml/submit.py --download <job>   # its models into gen-model/",
+        ]
+    else:
+        lines.append("  python fine-tuning/run.py                 # olive run, then reports where the models landed")
     backend = "onnx" if context["onnx_precision"] != "none" else "merged"
-    lines += [
-        "  python fine-tuning/check_config.py        # Olive reads every key of the config",
-        "  python fine-tuning/run.py                 # olive run, then reports where the models landed",
-        f"  python inferences/chat.py --backend {backend} --prompt 'Hello'",
-        "See README.md for each step.",
-    ]
+    lines += [f"  python inferences/chat.py --backend {backend} --prompt 'Hello'", "See README.md for each step."]
     return "\n".join(lines)
 
 
@@ -95,16 +137,13 @@ def main() -> int:
     root = Path.cwd()
     try:
         remove_unused_variants(root, CONTEXT)
-        run_step("Sample data", sys.executable, PREPARE, root, STEP_TIMEOUT_S)
-        if CONTEXT["check_environment"] in (True, "True", "true", "yes", "y", "1"):
-            run_step("Environment check (fast; the full check: python setup/check_env.py)", sys.executable,
-                     CHECK_ENV, root, STEP_TIMEOUT_S)
-        download_note = None
-        if CONTEXT["download_model"] in (True, "True", "true", "yes", "y", "1"):
-            download_note = fetch_model(root)
-        print(next_steps(CONTEXT, download_note))
+        data_ready = run_step("Sample data", sys.executable, PREPARE, root, STEP_TIMEOUT_S)
+        if CONTEXT["check_environment"] in YES:
+            check_environment(root)
+        download_note = fetch_model(root) if CONTEXT["download_model"] in YES else None
+        say(next_steps(root, CONTEXT, download_note, data_ready))
     except Exception as error:  # noqa: BLE001 - the project is written; report, do not delete it
-        print(f"WARNING: post-generation step failed ({error}); the project is complete, see README.md")
+        say(f"WARNING: post-generation step failed ({error}); the project is complete, see README.md")
     return 0
 
 

@@ -73,6 +73,11 @@ def validate(context: dict) -> list[str]:
                 f"{key}: {name!r} contains a curly brace, square bracket, '.', '!', ':' or a newline, which Olive's text_template "
                 "cannot address; rename the column in your data (datasets/) and answer with the new name"
             )
+        elif name != name.strip():
+            errors.append(
+                f"{key}: {name!r} starts or ends with a space; CSV headers are read without them, "
+                f"so answer {name.strip()!r}"
+            )
         columns.append(name)
     if len(columns) == 2 and columns[0] == columns[1]:
         errors.append("answer_column: it is the same column as question_column; name the column holding answers")

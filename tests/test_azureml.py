@@ -227,6 +227,33 @@ def test_job_yaml_round_trips_through_load_job(submit, tmp_path):
     assert yaml.safe_load(again.read_text()) | {"code": None} == yaml.safe_load(path.read_text()) | {"code": None}
 
 
+def test_a_local_data_folder_in_the_yaml_is_uploaded_by_az_ml(submit, project_dir, tmp_path, monkeypatch, capsys):
+    # `az ml job create --file` loads the YAML with load_job and submits it: the local folder must come back as a
+    # path relative to the file (uploaded), not as "azureml:<path>" (looked up as a data asset id)
+    from azure.ai.ml import MLClient, load_job
+
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    for name in submit.project.data_files():
+        (folder / Path(name).name).write_text('{"Question": "q", "Best Answer": "a"}\n', encoding="utf-8")
+    assert submit.main(["--dry-run", "--data", str(folder)]) == 0, capsys.readouterr().err
+    path = project_dir / "fine-tuning/azureml/job.generated.yml"
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))["inputs"]["data"]["path"]
+    assert not written.startswith("azureml:") and not Path(written).is_absolute(), written
+
+    loaded = load_job(path)
+    assert (path.parent / loaded.inputs["data"].path).resolve() == folder.resolve()
+    fake = FakeAzure().install(monkeypatch)
+    client = MLClient(FakeCredential(), SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, show_progress=False,
+                      enable_telemetry=False)
+    client.jobs.create_or_update(loaded)
+    [put] = fake.job_puts()
+    uri = put.json()["properties"]["inputs"]["data"]["uri"]
+    assert uri.startswith("azureml://datastores/workspaceblobstore/paths/"), uri
+    uploaded = {key.rsplit("/", 1)[-1] for key in fake.blobs}
+    assert {Path(name).name for name in submit.project.data_files()} <= uploaded
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -304,6 +331,24 @@ def test_bad_settings_are_refused(submit, project_dir, config, message):
     assert SECRET not in str(caught.value)
 
 
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_a_placeholder_is_blamed_on_where_it_came_from(submit, project_dir, monkeypatch, capsys, source):
+    config = project_dir / "fine-tuning/azureml/config.json"
+    args = ["--dry-run"]
+    if source == "flag":
+        args += ["--compute", "<x>"]
+    elif source == "environment":
+        monkeypatch.setenv("AZUREML_COMPUTE", "<x>")
+    else:
+        _write_config(project_dir, compute="<x>")
+    assert submit.main(args) == 1
+    error = _error_line(capsys.readouterr().err)
+    where = {"flag": "--compute", "environment": "AZUREML_COMPUTE", "file": str(config)}[source]
+    assert error.startswith(f"ERROR: {where}: compute is '<x>', a placeholder"), error
+    if source != "file":
+        assert "config.json" not in error and "config.example.json" not in error, error
+
+
 def test_the_example_file_lists_only_known_keys(submit, project_dir):
     example = json.loads((project_dir / "fine-tuning/azureml/config.example.json").read_text(encoding="utf-8"))
     assert set(example) <= set(submit.SETTINGS)
@@ -363,13 +408,35 @@ def test_not_logged_in_gives_the_az_login_hint(submit, project_dir, capsys):
     assert error.startswith("ERROR: not logged in to Azure") and "az login" in error
 
 
-def test_default_azure_credential_without_login_gives_the_hint(submit, project_dir, capsys, monkeypatch):
-    # the real DefaultAzureCredential: no env credentials, no az CLI here, managed identity unreachable
-    monkeypatch.setenv("PATH", "/nonexistent")
+def test_not_logged_in_without_the_azure_cli_is_one_line(project_dir, guard_env, python):
+    # the real DefaultAzureCredential in a fresh process: no env credentials, no az CLI, managed identity
+    # unreachable (socket guard); azure-identity's own logging would add a dozen lines before the ERROR line
+    _write_config(project_dir)
+    env = {**guard_env, "PATH": "/nonexistent", "AZURE_CONFIG_DIR": str(project_dir / "no-az-config")}
+    result = _cli(python, ["fine-tuning/azureml/submit.py", "--no-stream"], project_dir, env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout + result.stderr
+    assert lines[0].startswith("ERROR: not logged in to Azure"), lines[0]
+    assert "install the Azure CLI" in lines[0] and "az login" in lines[0]
+
+
+def test_not_logged_in_with_the_azure_cli_says_az_login(submit, project_dir, tmp_path, monkeypatch, capsys, caplog):
+    # an `az` that answers as it does before `az login`; DefaultAzureCredential's AzureCliCredential runs it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    az = bin_dir / "az"
+    az.write_text("#!/bin/sh\necho \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1\n")
+    az.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(project_dir / "no-az-config"))
     _write_config(project_dir)
+    caplog.set_level("DEBUG")
     assert submit.main(["--no-stream"]) == 1
-    assert "az login" in capsys.readouterr().err
+    error = _error_line(capsys.readouterr().err)
+    assert "run `az login`" in error and "install the Azure CLI" not in error, error
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith(("azure.identity", "azure.core.pipeline"))]
+    assert not noise, noise
 
 
 def test_unknown_compute_is_reported(submit, project_dir, monkeypatch, capsys):
@@ -485,6 +552,49 @@ def test_no_secret_in_any_request(submitted):
     assert SECRET not in out.out + out.err
 
 
+
+
+@pytest.mark.parametrize(
+    "secret, fix",
+    [
+        (".env", ".amlignore"),
+        (".env.local", ".amlignore"),
+        ("fine-tuning/azureml/config.json", ".amlignore"),
+        ("deploy/client.pem", ".gitignore"),
+        (".netrc", ".gitignore"),
+    ],
+)
+def test_secret_files_never_leave_with_the_code(submit, project_dir, monkeypatch, capsys, secret, fix):
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    fake = FakeAzure().install(monkeypatch)
+    _write_config(project_dir)
+    if fix == ".amlignore":  # weights and config.json ignored, but not the secret: it replaces .gitignore
+        ignored = ["model-cache/*/", "gen-model/*/", "fine-tuning/azureml/config.json"]
+        (project_dir / ".amlignore").write_text("\n".join(i for i in ignored if i != secret) + "\n", encoding="utf-8")
+    path = project_dir / secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(f"HF_TOKEN={SECRET}\n", encoding="utf-8")
+    # azure-ai-ml itself would upload it: an .amlignore replaces .gitignore
+    uploads = {name for _, name in get_upload_files_from_folder(project_dir, ignore_file=get_ignore_file(project_dir))}
+    assert secret in uploads
+
+    for args in (["--no-stream"], ["--dry-run"]):
+        assert submit.main(args, credential=FakeCredential(), show_progress=False) == 1
+        out = capsys.readouterr()
+        error = _error_line(out.err)
+        assert error.startswith(f"ERROR: {secret}: would be uploaded with the job's code"), error
+        assert f"add it to {fix}" in error, error
+        assert SECRET not in out.out + out.err
+    assert not fake.requests  # refused before signing in or sending anything
+    assert not (project_dir / "fine-tuning/azureml/job.generated.yml").exists()
+
+    ignore = project_dir / fix
+    ignore.write_text(ignore.read_text(encoding="utf-8") + f"\n{secret}\n", encoding="utf-8")
+    assert submit.main(["--dry-run"]) == 0, capsys.readouterr().err
+
+
 def test_data_from_a_datastore_becomes_a_job_input(submit, project_dir, monkeypatch, capsys):
     fake = FakeAzure().install(monkeypatch)
     _write_config(project_dir)
@@ -559,7 +669,7 @@ def steps(project_dir, monkeypatch):
 def test_prepare_copies_the_data_input_into_datasets(steps, project_dir, tmp_path):
     source = tmp_path / "mounted"
     source.mkdir()
-    names = steps.data_files()
+    names = steps.project.data_files()
     assert names
     for name in names:
         (source / Path(name).name).write_text('{"Question": "new", "Best Answer": "rows"}\n')

@@ -122,19 +122,27 @@ def row(stdout: str, name: str) -> tuple[str, str]:
     raise AssertionError(f"no row {name!r} in:\n{stdout}")
 
 
-def load_module(project: Path):
-    """The generated check_env.py as a module; sys.path and the `project` module are left as they were."""
-    saved_path, saved_project = list(sys.path), sys.modules.pop("project", None)
+SETUP_MODULES = ("project", "env_facts", "env_checks", "env_probes")
+
+
+def load_modules(project: Path) -> dict:
+    """The generated check_env.py and the modules it imports, by name.
+
+    sys.path and sys.modules are left as they were: every generated project has its own env_*.py.
+    """
+    saved_path = list(sys.path)
+    saved = {name: sys.modules.pop(name) for name in SETUP_MODULES if name in sys.modules}
     try:
         spec = importlib.util.spec_from_file_location("check_env_under_test", project / CHECK)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        modules = {"check_env": module, **{name: sys.modules[name] for name in SETUP_MODULES}}
     finally:
         sys.path[:] = saved_path
-        sys.modules.pop("project", None)
-        if saved_project is not None:
-            sys.modules["project"] = saved_project
-    return module
+        for name in SETUP_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    return modules
 
 
 # ---------------------------------------------------------------- this machine: no GPU, no nvidia-smi
@@ -154,8 +162,9 @@ def test_no_gpu_lora_project_is_a_readable_failure(projects, mode):
     failures = sum(line.lstrip().startswith(MARKS["fail"]) for line in done.stdout.splitlines())
     assert last.startswith(f"{failures} problem")
     assert ("--fast" in last) == bool(mode)
-    if not mode:
-        assert row(done.stdout, "onnxruntime session")[0] == MARKS["fail"]
+    if not mode:  # onnxruntime (CPU) here: the session's failure is the onnxruntime package row's, not a second one
+        assert row(done.stdout, "onnxruntime session") == (MARKS["skip"], "")
+        assert row(done.stdout, "onnxruntime package")[0] == MARKS["fail"]
         assert row(done.stdout, "bitsandbytes")[0] == MARKS["skip"]
 
 
@@ -196,10 +205,22 @@ def test_fast_mode_with_no_third_party_packages(projects, bare_python):
 def test_full_mode_with_no_third_party_packages(projects, bare_python):
     found, payload = checks(projects["qlora_cuda"], python=bare_python)
     assert not payload["ok"]
-    for name in ("torch", "onnxruntime session", "onnxruntime-genai", "bitsandbytes"):
+    for name in ("torch", "packages", "onnxruntime package", "onnxruntime-genai package"):
         assert found[name]["status"] == "fail", found[name]
         assert "pip install" in found[name]["fix"]
+    # not installed: one cause each, counted and fixed in the package rows
+    for name, package in (
+        ("onnxruntime session", "onnxruntime package"),
+        ("onnxruntime-genai", "onnxruntime-genai package"),
+        ("bitsandbytes", "packages"),
+    ):
+        assert found[name]["status"] == "skip" and not found[name]["fix"], found[name]
+        assert found[name]["detail"].endswith(f"; same cause as {package}, see its fix"), found[name]
     assert "import failed" in found["bitsandbytes"]["detail"]
+    assert "bitsandbytes" in found["packages"]["detail"]
+    assert payload["summary"].startswith(
+        "5 problems: packages, onnxruntime package, onnxruntime-genai package, torch, nvidia driver; "
+    )
 
 
 def test_fast_mode_time_with_the_full_environment(projects):
@@ -243,7 +264,15 @@ def test_json_matches_the_table(projects, qlora_full, mode):
         mark, fix = row(table, name)
         assert mark == MARKS[check["status"]], name
         assert fix == (f"Fix: {check['fix']}" if check["fix"] and check["status"] in ("fail", "warn") else "")
-    assert table.strip().splitlines()[-1] == payload["summary"]
+    failed = [name for name, check in found.items() if check["status"] == "fail"]
+    last = table.strip().splitlines()[-1]
+    tail = " (--fast: torch, onnxruntime, bitsandbytes not imported; run `python setup/check_env.py`)" * bool(mode)
+    assert last == f"{len(failed)} problems: fix each one above, then run this again.{tail}"
+    # JSON has no "above": its summary names the checks
+    assert payload["summary"] == (
+        f"{len(failed)} problems: {', '.join(failed)}; apply the fix of each, then run `python setup/check_env.py` "
+        f"again.{tail}"
+    )
 
 
 # ---------------------------------------------------------------- emulated GPUs (fake nvidia-smi)
@@ -345,10 +374,10 @@ def test_old_driver_without_compute_cap(projects, tmp_path):
 def test_hung_nvidia_smi_times_out(projects, tmp_path, monkeypatch):
     env = fake_smi(tmp_path, "sleep 30")
     monkeypatch.setenv("PATH", env["PATH"])
-    check_env = load_module(projects["lora_cuda"])
-    monkeypatch.setattr(check_env, "SMI_TIMEOUT_S", 0.5)
+    env_facts = load_modules(projects["lora_cuda"])["env_facts"]
+    monkeypatch.setattr(env_facts, "SMI_TIMEOUT_S", 0.5)
     started = time.perf_counter()
-    gpus, error, fix = check_env.query_gpus()
+    gpus, error, fix = env_facts.query_gpus()
     assert time.perf_counter() - started < 10
     assert gpus == [] and "did not answer" in error and "reboot" in fix
 
@@ -410,10 +439,12 @@ def test_onnxruntime_session_cpu_provider(projects):
 def test_onnxruntime_session_cuda_provider_without_onnxruntime_gpu(qlora_full):
     found = qlora_full[0]
     session = found["onnxruntime session"]
-    assert session["status"] == "fail" and "no CUDAExecutionProvider" in session["detail"]
-    assert f"onnxruntime-gpu=={ORT_GPU}" in session["fix"]
+    assert session["status"] == "skip" and "no CUDAExecutionProvider" in session["detail"]
+    assert session["detail"].endswith("; same cause as onnxruntime package, see its fix") and not session["fix"]
+    assert f"onnxruntime-gpu=={ORT_GPU}" in found["onnxruntime package"]["fix"]
     genai = found["onnxruntime-genai"]
-    assert genai["status"] == "fail" and "onnxruntime-genai-cuda" in genai["fix"]
+    assert genai["status"] == "skip" and "no CUDA support" in genai["detail"] and not genai["fix"]
+    assert "onnxruntime-genai-cuda" in found["onnxruntime-genai package"]["fix"]
     assert found["bitsandbytes"]["status"] == "ok"  # installed here; QLoRA needs it
     torch = found["torch"]
     assert torch["status"] == "fail" and "CPU-only build" in torch["detail"] and "download.pytorch.org" in torch["fix"]
@@ -451,6 +482,19 @@ class InferenceSession:
 """
 
 
+def test_one_cause_is_one_problem(projects):
+    """This machine's CPU onnxruntime packages in a cuda project: each cause counted once, its fix given once."""
+    found, payload = checks(projects["lora_cuda"])
+    failed = {name: check for name, check in found.items() if check["status"] == "fail"}
+    assert set(failed) == {"onnxruntime package", "onnxruntime-genai package", "torch", "nvidia driver"}
+    assert payload["summary"].startswith("4 problems: ")
+    fixes = [check["fix"] for check in failed.values()]
+    assert len(set(fixes)) == len(fixes), "one fix, one row"
+    for name in ("onnxruntime session", "onnxruntime-genai"):
+        assert found[name]["status"] == "skip" and not found[name]["fix"]
+        assert found[name]["detail"].endswith(f"; same cause as {name.split(' ')[0]} package, see its fix")
+
+
 def test_cuda_provider_that_fails_to_load_is_caught_by_the_session(projects, tmp_path):
     """onnxruntime-gpu lists CUDAExecutionProvider although libcudnn is missing: only a real session tells."""
     (tmp_path / "onnxruntime").mkdir()
@@ -470,22 +514,58 @@ def test_cuda_provider_that_fails_to_load_is_caught_by_the_session(projects, tmp
     assert "did not load, the session fell back to CPU" in done.stdout
     assert "libcudnn.so.9: cannot open shared object file" in done.stdout
     assert "needs CUDA 13 and cuDNN 9" in fix and f'"onnxruntime-gpu[cuda,cudnn]=={ORT_GPU}"' in fix
+    # the package row fails too (onnxruntime and onnxruntime-gpu together), but for another cause: both count
+    assert row(done.stdout, "onnxruntime package")[0] == MARKS["fail"]
 
 
 # ---------------------------------------------------------------- pieces
 
 
 def test_disk_estimate(projects):
-    check_env = load_module(projects["lora_cuda"])
+    env_checks = load_modules(projects["lora_cuda"])["env_checks"]
     facts = {"finetune_method": "lora", "onnx_precision": "int4", "download_gb": 10.0}
-    assert check_env.disk_need_gb(facts, model_present=False) == pytest.approx(35.0)  # 1 + 2 merged + 0.5 int4
-    assert check_env.disk_need_gb(facts, model_present=True) == pytest.approx(25.0)
-    assert check_env.disk_need_gb({**facts, "finetune_method": "none"}, False) == pytest.approx(15.0)
-    assert check_env.disk_need_gb({"finetune_method": "none", "onnx_precision": "fp32"}, False) == pytest.approx(
-        3 * check_env.DEFAULT_DOWNLOAD_GB
+    assert env_checks.disk_need_gb(facts, model_present=False) == pytest.approx(35.0)  # 1 + 2 merged + 0.5 int4
+    assert env_checks.disk_need_gb(facts, model_present=True) == pytest.approx(25.0)
+    assert env_checks.disk_need_gb({**facts, "finetune_method": "none"}, False) == pytest.approx(15.0)
+    assert env_checks.disk_need_gb({"finetune_method": "none", "onnx_precision": "fp32"}, False) == pytest.approx(
+        3 * env_checks.DEFAULT_DOWNLOAD_GB
     )
 
 
-def test_no_jinja_in_the_template_file():
-    text = (Path(__file__).resolve().parent.parent / "{{cookiecutter.project_slug}}" / CHECK).read_text("utf-8")
-    assert not any(sequence in text for sequence in ("{{", "{%", "{#"))
+def disk_detail(project: Path, **facts) -> str:
+    modules = load_modules(project)
+    env = modules["env_facts"].Env(facts={"model_dir": "model-cache/none/here", "download_gb": 10.0, **facts})
+    return modules["env_checks"].check_disk(env).detail
+
+
+@pytest.mark.parametrize(
+    ("method", "precision", "parts"),
+    [
+        ("lora", "int4", "model download 10.0 GB, merged model (2 copies) 20.0 GB, int4 ONNX model 5.0 GB"),
+        ("qlora", "fp32", "model download 10.0 GB, merged model (2 copies) 20.0 GB, fp32 ONNX model 20.0 GB"),
+        ("none", "int4", "model download 10.0 GB, int4 ONNX model 5.0 GB"),
+        ("lora", "none", "model download 10.0 GB, merged model (2 copies) 20.0 GB"),
+        ("none", "none", "model download 10.0 GB"),
+    ],
+)
+def test_disk_detail_lists_what_the_estimate_holds(projects, method, precision, parts):
+    detail = disk_detail(projects["lora_cuda"], finetune_method=method, onnx_precision=precision)
+    total = sum(float(part.split()[-2]) for part in parts.split(", "))
+    assert detail.endswith(f"; about {total:.0f} GB needed ({parts}; an estimate)"), detail
+
+
+def test_disk_detail_without_the_download(projects, tmp_path):
+    project = Path(shutil.copytree(projects["lora_cuda"], tmp_path / "p"))
+    model = project / json.loads((project / "setup" / "project.json").read_text(encoding="utf-8"))["model_dir"]
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    facts = {"model_dir": str(model.relative_to(project)), "finetune_method": "none"}
+    assert disk_detail(project, **facts, onnx_precision="fp16").endswith("(fp16 ONNX model 10.0 GB; an estimate)")
+    assert disk_detail(project, **facts, onnx_precision="none").endswith("; nothing large to write")
+
+
+@pytest.mark.parametrize("name", ["check_env.py", "env_facts.py", "env_checks.py", "env_probes.py"])
+def test_no_jinja_in_the_template_files(name):
+    setup = Path(__file__).resolve().parent.parent / "{{cookiecutter.project_slug}}" / "setup"
+    text = (setup / name).read_text("utf-8")
+    assert not any(sequence in text for sequence in ("{{", "}}", "{%", "%}", "{#"))

@@ -6,6 +6,7 @@ but the loopback: nothing here touches the internet or the user's token.
 """
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bake, run_cli
+from conftest import CONTEXT, bake, run_cli
 from hub_server import HubServer
 
 OLD = hashlib.sha1(b"old commit").hexdigest()  # the pinned commit
@@ -107,6 +108,8 @@ FILES = {OLD: model_files("old"), MAIN: model_files("main")}
 # huggingface_hub writes what it receives in 10 MiB chunks: only a larger file shows a resume at a byte offset
 CHUNK = 10 * 2**20
 BIG = {**FILES[OLD], SHARD: random.Random("big").randbytes(2 * CHUNK + 4096)}
+HUB_PIN = CONTEXT["_pins"]["huggingface_hub"]
+PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,11 @@ def set_revision(proj: Path, revision: str | None) -> None:
 
 def model_dir(proj: Path) -> Path:
     return proj / facts(proj)["model_dir"]
+
+
+def lock_file(proj: Path) -> Path:
+    target = model_dir(proj)
+    return target.parent / f".{target.name}.download.lock"
 
 
 def model_files_on_disk(proj: Path) -> dict[str, bytes]:
@@ -222,6 +230,7 @@ def test_pinned_download_fetches_only_the_pipeline_files(proj, hub, cli):
     assert f"Model ready: {model_dir(proj).resolve()}" in result.stdout
     assert "Next: python fine-tuning/check_config.py" in result.stdout
     assert OLD in result.stdout
+    assert not lock_file(proj).exists()
 
 
 def test_rerun_downloads_nothing_again(proj, hub, cli):
@@ -246,9 +255,33 @@ def test_unpinned_project_downloads_main_with_a_warning(proj, hub, cli):
     set_revision(proj, None)
     result = cli(proj, endpoint=hub.endpoint)
     assert result.returncode == 0, result.stderr
-    assert "unpinned" in result.stderr and "--revision" in result.stderr
-    assert MAIN in result.stdout  # the commit to pin
+    assert f"WARNING: no revision pinned for {facts(proj)['base_model']}: downloading the current main branch" in (
+        result.stderr
+    )
+    assert f'set "revision": "{MAIN}" in setup/project.json' in result.stdout  # the commit to pin
     assert_model(proj, MAIN)
+
+
+def test_unpinned_messages_promise_nothing_they_do_not_print(proj, cli):
+    """The commit to pin is printed where it is known; no message points at one that never comes."""
+    set_revision(proj, None)
+    with make_hub(proj) as hub:
+        offline_empty = cli(proj, endpoint=hub.endpoint, env={"HF_HUB_OFFLINE": "1"})
+        online = cli(proj, endpoint=hub.endpoint)
+        offline = cli(proj, endpoint=hub.endpoint, env={"HF_HUB_OFFLINE": "1"})
+        other = cli(proj, "--repo", facts(proj)["base_model"] + "-fork", endpoint=hub.endpoint)
+        endpoint = hub.endpoint
+    hub_down = cli(proj, endpoint=endpoint)
+    assert_fails(offline_empty, 3, "HF_HUB_OFFLINE")
+    assert online.returncode == offline.returncode == hub_down.returncode == 0, online.stderr + offline.stderr
+    assert f"these files are {facts(proj)['base_model']} at commit {MAIN}" in online.stdout
+    assert f'set "revision": "{MAIN}" in setup/project.json' in online.stdout
+    for result in (offline, hub_down):  # no Hub: the commit comes from huggingface_hub's record of the download
+        assert f'set "revision": "{MAIN}" in setup/project.json' in result.stdout, result.stdout + result.stderr
+    assert_fails(other, 5, "-fork")
+    for result in (offline_empty, online, offline, other, hub_down):
+        assert "unpinned" in result.stderr
+        assert "below" not in result.stdout + result.stderr, result.stderr
 
 
 def test_generated_project_as_is(proj, hub, cli):
@@ -295,6 +328,7 @@ def test_unknown_revision(proj, hub, cli):
     result = cli(proj, "--revision", unknown, endpoint=hub.endpoint)
     assert_fails(result, 6, unknown, "--revision main")
     assert not model_files_on_disk(proj)
+    assert not lock_file(proj).exists()
 
 
 def test_connection_cut_mid_file_is_retried_within_the_run(proj, big_hub, cli):
@@ -344,6 +378,7 @@ def test_interrupted_run_restarts_the_file_from_zero(proj, big_hub, cli):
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1].startswith("ERROR: interrupted: run the same command again")
     assert SHARD not in model_files_on_disk(proj)
+    assert not lock_file(proj).exists()
 
     big_hub.release()
     result = cli(proj, "--revision", OLD, endpoint=big_hub.endpoint)
@@ -391,12 +426,49 @@ def test_offline_mode(proj, hub, cli):
     assert_fails(other, 3, f"holds commit {OLD}, not {MAIN}")
 
 
+def assert_space_fix(error: str, proj: Path) -> None:
+    """The way out keeps the model where fine-tuning/olive-config.json reads it."""
+    config = json.loads((proj / "fine-tuning" / "olive-config.json").read_text(encoding="utf-8"))
+    where = config["input_model"]["model_path"]
+    assert where == facts(proj)["model_dir"]
+    name = Path(where).name
+    assert error.endswith(
+        f"free some space there, or download onto a larger disk with --local-dir /larger/disk/{name} and then "
+        f"replace {where} with a symbolic link to that folder (fine-tuning/olive-config.json reads the model "
+        "there; or set its input_model.model_path to the new folder)"
+    ), error
+
+
 def test_not_enough_disk_space_is_refused_before_downloading(proj, hub, cli):
     hub.declare_size(facts(proj)["base_model"], SHARD, 10**18)
     result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
-    assert_fails(result, 7, "not enough disk space", "--local-dir")
+    assert_space_fix(assert_fails(result, 7, "not enough disk space"), proj)
     assert not hub.gets()
     assert not model_files_on_disk(proj)
+    assert not lock_file(proj).exists()
+
+
+def test_download_elsewhere_then_link_it_as_the_disk_message_says(proj, hub, cli, tmp_path):
+    larger = tmp_path / "larger-disk" / model_dir(proj).name
+    result = cli(proj, "--revision", OLD, "--local-dir", str(larger), endpoint=hub.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert f"Model ready: {larger}" in result.stdout
+    where = facts(proj)["model_dir"]
+    assert f"replace {where} with a symbolic link to {larger}" in result.stdout
+    assert not (larger.parent / f".{larger.name}.download.lock").exists()
+    model_dir(proj).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model_dir(proj).symlink_to(larger, target_is_directory=True)
+    except OSError as error:
+        if os.name != "nt":
+            raise
+        pytest.skip(f"no symbolic links without the privilege: {error}")
+    fetched = len(hub.gets())
+    again = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to download" in again.stdout and len(hub.gets()) == fetched
+    assert "symbolic link" not in again.stdout
+    assert_model(proj, OLD)  # read through the link, where olive-config.json looks
 
 
 def test_disk_full_during_the_download(proj, hub, cli):
@@ -413,7 +485,8 @@ def test_disk_full_during_the_download(proj, hub, cli):
     with pytest.MonkeyPatch.context() as m:
         m.setenv("HF_ENDPOINT", hub.endpoint)
         result = run_cli([sys.executable, "-c", script, OLD], cwd=proj, timeout=120)
-    assert_fails(result, 7, "disk full")
+    assert_space_fix(assert_fails(result, 7, "disk full"), proj)
+    assert not lock_file(proj).exists()
 
 
 def test_second_download_into_the_same_folder_is_refused(proj, hub, cli):
@@ -421,10 +494,33 @@ def test_second_download_into_the_same_folder_is_refused(proj, hub, cli):
 
     target = model_dir(proj)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{target.name}.download.lock")):
+    with FileLock(str(lock_file(proj))):
         result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+        assert lock_file(proj).exists(), "another run's lock file is not this run's to delete"
     assert_fails(result, 1, "another download")
     assert not hub.requests
+
+
+def test_lock_file_goes_on_failure_and_on_sigterm(proj, hub, cli):
+    hub.cut(SHARD, times=100, keep=0)
+    failed = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert_fails(failed, 3)
+    assert not lock_file(proj).exists()
+
+    hub.cut(SHARD, times=0)
+    hub.stall(SHARD)
+    process = cli(proj, "--revision", OLD, endpoint=hub.endpoint, popen=True)
+    try:
+        assert hub.stalled.wait(timeout=60), "the download never reached the stalled file"
+        assert lock_file(proj).exists(), "held while the download runs"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        hub.release()
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("ERROR: terminated: run the same command again")
+    assert not lock_file(proj).exists()
 
 
 def test_help_documents_exit_codes_and_restarts(proj, cli):
@@ -433,6 +529,101 @@ def test_help_documents_exit_codes_and_restarts(proj, cli):
     text = " ".join(result.stdout.split())
     assert "starts that file again from zero" in text
     assert "3 Hub unreachable" in text and "7 not enough disk space" in text and "130 interrupted" in text
+    assert "8 huggingface_hub missing or not the major version setup/requirements.txt pins" in text
+
+
+def test_huggingface_hub_of_another_major_version_is_one_line(proj, hub, cli, tmp_path):
+    """An old huggingface_hub (its record says 0.26.2) is refused before any import of it."""
+    fake = tmp_path / "old-hub"
+    info = fake / "huggingface_hub-0.26.2.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 0.26.2\n", encoding="utf-8")
+    path = os.pathsep.join([str(fake), os.environ["PYTHONPATH"]])
+    result = cli(proj, "--revision", OLD, endpoint=hub.endpoint, env={"PYTHONPATH": path})
+    error = assert_fails(result, 8)
+    assert error == (
+        f"ERROR: huggingface_hub 0.26.2 is installed; this script needs the pinned {HUB_PIN}: {PIP_INSTALL}"
+    )
+    assert not hub.requests and not lock_file(proj).exists()
+
+
+def test_pin_is_read_from_requirements(proj, hub, cli, tmp_path):
+    requirements = proj / "setup" / "requirements.txt"
+    text = requirements.read_text(encoding="utf-8")
+    assert f"huggingface_hub=={HUB_PIN}\n" in text
+    requirements.write_text(text.replace(f"huggingface_hub=={HUB_PIN}", "huggingface_hub==99.0.0"), encoding="utf-8")
+    result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    installed = importlib.metadata.version("huggingface_hub")
+    assert assert_fails(result, 8) == (
+        f"ERROR: huggingface_hub {installed} is installed; this script needs the pinned 99.0.0: {PIP_INSTALL}"
+    )
+
+
+@pytest.fixture(scope="module")
+def hubless_python(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("hubless") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def test_without_huggingface_hub_then_with_a_real_old_one(proj, hub, hubless_python):
+    """A real interpreter: first no huggingface_hub at all, then the newest of the major before the pin."""
+    command = [str(hubless_python), "model-cache/download.py", "--revision", OLD]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("HF_")}
+    env["HF_ENDPOINT"] = hub.endpoint
+    missing = subprocess.run(command, cwd=proj, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert assert_fails(missing, 8) == (
+        f"ERROR: huggingface_hub is not installed; this script needs the pinned {HUB_PIN}: {PIP_INSTALL}"
+    )
+
+    older = int(HUB_PIN.split(".")[0]) - 1
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(hubless_python),
+            "install",
+            "-q",
+            "--no-deps",
+            f"huggingface_hub>={older},<{older + 1}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if install.returncode != 0:
+        pytest.skip(f"no huggingface_hub {older}.x from the package index: {install.stderr.strip()[-300:]}")
+    done = subprocess.run(command, cwd=proj, env=env, capture_output=True, text=True, timeout=60, check=False)
+    old = subprocess.run(
+        [str(hubless_python), "-c", "from importlib.metadata import version; print(version('huggingface_hub'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert old.startswith(f"{older}.")
+    assert assert_fails(done, 8) == (
+        f"ERROR: huggingface_hub {old} is installed; this script needs the pinned {HUB_PIN}: {PIP_INSTALL}"
+    )
+    assert not hub.requests and not lock_file(proj).exists()
+
+
+def test_classify_needs_no_httpx2(proj):
+    """huggingface_hub 0.x/1.x have no httpx2: an error is still classified, not a second traceback."""
+    script = (
+        "import errno, sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, 'model-cache')\n"
+        "import download\n"
+        "import huggingface_hub.errors\n"
+        "sys.modules['httpx2'] = None  # as where the client is not httpx2: importing it fails\n"
+        "print(download.classify(OSError(errno.EIO, 'I/O error'), 'org/model', 'main', Path('here')))\n"
+    )
+    done = run_cli([sys.executable, "-c", script], cwd=proj, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, '[Errno 5] I/O error: run again; if it persists, delete here and run again')"
 
 
 def test_socket_guard_refuses_the_internet(proj, cli, tmp_path):

@@ -35,6 +35,7 @@ BAD_ANSWERS = [
     ({"answer_column": "{answer}"}, "answer_column"),
     ({"answer_column": ""}, "answer_column"),
     ({"answer_column": "Question"}, "answer_column"),
+    ({"answer_column": " padded "}, "answer_column"),
     ({"finetune_method": "none", "onnx_precision": "none"}, "onnx_precision"),
     ({"execution_provider": "cpu", "onnx_precision": "fp16"}, "onnx_precision"),
 ]
@@ -187,7 +188,8 @@ def test_bare_machine_gets_a_report_and_the_download_command_for_later(tmp_path,
     assert (project / "datasets/train.jsonl").is_file() and (project / "setup/check_env.py").is_file()
     report = out.split("== Environment check")[1].split("== ")[0]
     assert "nvidia-smi" in report and "torch" in report and "✗" in report
-    assert "no Python here has huggingface_hub yet" in out
+    assert "No Python here has the project's packages yet (expected before setup)" in out
+    assert f"no Python here has huggingface_hub {CONTEXT['_pins']['huggingface_hub']} yet" in out
     assert "  python model-cache/download.py" in out.split("Next steps")[1]
 
 
@@ -224,3 +226,32 @@ def test_download_through_the_hook_against_a_local_hub(tmp_path):
     assert sorted(p.name for p in target.iterdir() if p.is_file()) == [
         "config.json", "model.safetensors", "tokenizer_config.json"]
     assert "  python model-cache/download.py" not in result.stdout.split("Next steps")[1]
+
+
+def test_output_piped_into_head_keeps_the_project(tmp_path):
+    """A closed stdout (`cookiecutter ... | head -3`) must not make the hook fail: cookiecutter would delete all."""
+    command = (f"{sys.executable} -m cookiecutter --no-input --output-dir {tmp_path / 'out'} {TEMPLATE} | head -3")
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, timeout=300, check=False)
+    assert (tmp_path / "out" / DEFAULT_SLUG / "fine-tuning/olive-config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("answers", "present", "absent"),
+    [
+        ({"compute_target": "azureml"}, ["fine-tuning/azureml/submit.py --dry-run"], ["python fine-tuning/run.py"]),
+        ({"finetune_method": "none"}, ["python fine-tuning/run.py"], ["python datasets/prepare.py <your data>"]),
+        ({}, ["python fine-tuning/run.py", "python datasets/prepare.py <your data>"], ["azureml"]),
+    ],
+    ids=["azureml", "convert-only", "default"],
+)
+def test_next_steps_fit_the_variant(tmp_path, answers, present, absent):
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE),
+            "check_environment=no", *[f"{k}={v}" for k, v in answers.items()]]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.split("Next steps")[1]
+    assert f"cd {tmp_path / DEFAULT_SLUG}" in steps
+    for text in present:
+        assert text in steps
+    for text in absent:
+        assert text not in steps

@@ -4,6 +4,7 @@ prepared file that Olive's own data config of the project turns into training sa
 import csv
 import hashlib
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -155,6 +156,7 @@ BAD_ROWS = [
     ({QUESTION: "q2", ANSWER: ["a"]}, "'Best Answer' is not text (list)"),
     ({QUESTION: "Question", ANSWER: "Best Answer"}, "header row repeated as data"),
     ({QUESTION: "q3 <|end|>", ANSWER: "a"}, "text contains the chat token <|end|>"),
+    ({QUESTION: "q4", ANSWER: "a <|endoftext|>"}, "text contains the chat token <|endoftext|>"),
     ({ANSWER: "only an answer"}, "no 'Question' column"),
     ({"messages": [{"role": "user", "content": "no answer"}]}, "conversation must end with an assistant turn"),
     ({"messages": [{"role": "bot", "content": "x"}]}, "unknown role 'bot'"),
@@ -200,8 +202,13 @@ def test_csv_row_with_wrong_field_count_is_reported(prepare, tmp_path):
         (b"", "empty.csv", "empty file; the first line must name the columns"),
         (b"Question,Best Answer\nonly,one\n", "one.csv", "1 usable rows; training needs at least 2"),
         (b"x", "data.xlsx", "unknown file type '.xlsx'; pass --format"),
+        (b"Question,Best Answer,Question\na,b,c\n", "dupcol.csv",
+         "column 'Question' appears more than once (columns 1, 3); rename one"),
+        (b'Question,Best Answer\nq1,"never closed\nq2,a2\nq3,a3\n', "quote.csv",
+         "the row starting at line 2 cannot be read: a quote is never closed; fix the quoting"),
     ],
-    ids=["encoding", "columns", "json-object", "json-syntax", "empty", "too-few", "suffix"],
+    ids=["encoding", "columns", "json-object", "json-syntax", "empty", "too-few", "suffix", "duplicate-column",
+         "unclosed-quote"],
 )
 def test_unusable_file_gets_one_line_naming_the_fix(prepare, project, tmp_path, content, name, message):
     source = tmp_path / name
@@ -209,6 +216,44 @@ def test_unusable_file_gets_one_line_naming_the_fix(prepare, project, tmp_path, 
     error = one_error(prepare(source))
     assert error.startswith(f"ERROR: {source}: ") and message in error
     assert not (project / "datasets/train.jsonl").exists()
+
+
+def test_same_question_file_is_refused(prepare, tmp_path):
+    source = tmp_path / "same.csv"
+    source.write_text("Question,Best Answer\nsame,a\nsame,b\n", encoding="utf-8")
+    assert "every usable row asks the same question" in one_error(prepare(source))
+
+
+@pytest.mark.parametrize(
+    ("content", "args"),
+    [
+        ("Question;Best Answer\nq1;a, with comma\nq2;a2\n", []),
+        ("sep=;\nQuestion;Best Answer\nq1;a, with comma\nq2;a2\n", []),
+        ("Question|Best Answer\nq1|a, with comma\nq2|a2\n", ["--delimiter", "|"]),
+    ],
+    ids=["semicolon-header", "excel-sep-line", "flag"],
+)
+def test_other_csv_separators(prepare, project, tmp_path, content, args):
+    source = tmp_path / "europe.csv"
+    source.write_text(content, encoding="utf-8")
+    result = prepare(source, *args)
+    assert result.returncode == 0, result.stderr
+    assert {r[QUESTION]: r[ANSWER] for r in outputs(project)} == {"q1": "a, with comma", "q2": "a2"}
+
+
+def test_huge_field_is_read(prepare, project, tmp_path):
+    rows = [dict(r) for r in ROWS]
+    rows[0][ANSWER] = "long answer " * 20000  # 240 000 characters, over the csv module's default field cap
+    result = prepare(write_csv(tmp_path / "huge.csv", rows), "--check")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "longer than max_seq_len" in result.stdout
+
+
+def test_broken_datasets_folder_gets_one_line(prepare, tmp_path):
+    folder = tmp_path / "hf-broken"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}", encoding="utf-8")
+    assert "not a readable datasets folder" in one_error(prepare(folder))
 
 
 def test_cp1252_file_reads_with_its_encoding(prepare, tmp_path):
@@ -246,9 +291,10 @@ def tokenizer_dir(project, python, tmp_path_factory):
 
 
 def token_count(tokenizer_dir: Path, text: str) -> int:
-    from tokenizers import Tokenizer
+    """As Olive counts: the transformers tokenizer, no special tokens."""
+    from transformers import AutoTokenizer
 
-    return len(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids)
+    return len(AutoTokenizer.from_pretrained(str(tokenizer_dir))(text, add_special_tokens=False)["input_ids"])
 
 
 def long_rows(tmp_path: Path) -> Path:
@@ -261,7 +307,7 @@ def long_rows(tmp_path: Path) -> Path:
 def test_over_length_rows_are_dropped_by_exact_token_count(prepare, project, tokenizer_dir, tmp_path):
     result = prepare(long_rows(tmp_path), "--tokenizer", tokenizer_dir)
     assert result.returncode == 0, result.stderr
-    assert "Tokens per sample, counted with" in result.stdout
+    assert "Tokens per sample, counted with the tokenizer in" in result.stdout
     assert "2  longer than max_seq_len 2048 tokens (line 5, line 9)" in result.stdout
     config = json.loads((project / "fine-tuning/olive-config.json").read_text("utf-8"))
     template = config["data_configs"][0]["pre_process_data_config"]["text_template"]
@@ -310,6 +356,30 @@ def test_split_is_deterministic_and_follows_the_seed(prepare, project, tmp_path)
     assert "(unchanged;" in again.stdout and read_jsonl(project / "datasets/eval.jsonl") == first
     other = prepare(source, "--seed", "7", "--force")
     assert other.returncode == 0 and read_jsonl(project / "datasets/eval.jsonl") != first
+
+
+def test_split_keeps_a_question_on_one_side_and_is_stable_when_rows_are_added(prepare, project, tmp_path):
+    rows = ROWS + [{QUESTION: ROWS[n][QUESTION], ANSWER: f"Another answer {n}."} for n in range(0, 20, 2)]
+    assert prepare(write_csv(tmp_path / "d.csv", rows)).returncode == 0
+    train, evaluation = (read_jsonl(project / f"datasets/{n}.jsonl") for n in ("train", "eval"))
+    assert len(evaluation) >= 3
+    assert {r[QUESTION] for r in train}.isdisjoint(r[QUESTION] for r in evaluation)
+    more = rows + [{QUESTION: "A brand new question?", ANSWER: "A new answer."}]
+    assert prepare(write_csv(tmp_path / "more.csv", more), "--force").returncode == 0
+    after = {r[QUESTION] for r in read_jsonl(project / "datasets/eval.jsonl")}
+    assert len({r[QUESTION] for r in evaluation} - after) <= 1
+
+
+def test_outputs_are_readable_by_others_like_any_new_file(prepare, project, tmp_path):
+    assert prepare(write_csv(tmp_path / "d.csv", ROWS)).returncode == 0
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (project / "datasets" / name).stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_source_is_never_modified_and_different_outputs_need_force(prepare, project, tmp_path):
@@ -362,12 +432,18 @@ def test_prepared_sample_yields_training_samples_through_olives_own_data_config(
         config["input_model"]["model_path"] = {str(tokenizer_dir)!r}
         config.pop("passes")
         run_config = RunConfig.parse_file_or_obj(config)
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained({str(tokenizer_dir)!r})
         counts = {{}}
         for data_config in run_config.data_configs:
             container = data_config.to_data_container()
             dataset = container.pre_process(container.load_dataset())
             counts[data_config.name] = len(dataset)
-            assert dataset[0][0]["input_ids"].shape[0] > 10
+            # what Olive trains on is exactly the filled-in template that --preview prints: no BOS/EOS around it
+            first = json.loads(open(data_config.load_dataset_config.params["data_files"]).readline())
+            text = data_config.pre_process_params["text_template"].format(**first)
+            expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert dataset[0][0]["input_ids"].tolist() == expected, (dataset[0][0]["input_ids"].tolist(), expected)
         print(json.dumps(counts))
     """)
     result = run_cli([python, "-c", script], project)

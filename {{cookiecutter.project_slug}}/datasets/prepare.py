@@ -13,10 +13,10 @@ are replaced atomically, so an interrupted run leaves the old files whole.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
-import random
 import string
 import sys
 import tempfile
@@ -48,13 +48,15 @@ class Layout:
         data = {d["name"]: d for d in config.get("data_configs", [])}
         chat = facts["chat_format"]
         q, a = facts["question_column"], facts["answer_column"]
-        default_template = "".join([chat["user"], "{", q, "}", chat["end"], chat["assistant"], "{", a, "}"])
-        default_template += chat["end"].rstrip()
+        # a project that does not train has no data config: the same format as inference then
+        default_template = project.prompt_text("{" + q + "}", facts) + "{" + a + "}" + chat["end"].rstrip()
         pre = data.get("train_data", {}).get("pre_process_data_config", {})
         self.template = pre.get("text_template", default_template)
+        # Olive's default wraps every sample as "<bos> text <eos>"; the generated config turns that off
+        self.special_tokens = bool(data) and pre.get("add_special_tokens", True)
         fields = [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
         if len(fields) != 2:
-            raise PrepareError(f"fine-tuning/olive-config.json: text_template must use two fields, has {fields}")
+            raise PrepareError(f"text_template must use two fields, has {fields}")
         self.question, self.answer = fields
         self.max_seq_len = int(pre.get("max_seq_len", facts["max_seq_len"]))
         self.chat = chat
@@ -75,28 +77,29 @@ class Layout:
 
 
 class TokenCounter:
-    """Exact counts with the base model's tokenizer when it is in model-cache/, else an estimate."""
+    """Exact counts with the base model's tokenizer, loaded as Olive loads it (transformers), when it is in
+    model-cache/; an announced estimate otherwise."""
 
     def __init__(self, tokenizer_dir: Path | None):
         self.tokenizer = None
         self.source = f"estimated at {CHARS_PER_TOKEN} characters per token (the model's tokenizer counts exactly)"
-        if tokenizer_dir and (tokenizer_dir / "tokenizer.json").is_file():
+        if tokenizer_dir and (tokenizer_dir / "tokenizer_config.json").is_file():
             try:
-                from tokenizers import Tokenizer
+                from transformers import AutoTokenizer
             except ImportError:
                 return
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-            self.source = f"counted with {_shown(tokenizer_dir / 'tokenizer.json')}"
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+            self.source = f"counted with the tokenizer in {_shown(tokenizer_dir)}"
 
-    @property
-    def exact(self) -> bool:
-        return self.tokenizer is not None
+    def _encode(self, text: str, offsets: bool = False):
+        # Olive tokenizes the filled-in template without special tokens; its own <bos>/<eos> (add_special_tokens)
+        # are counted by the caller
+        return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
 
     def count(self, text: str) -> int:
-        # Olive's line-by-line tokenization adds no special tokens: the template carries them
         if self.tokenizer is None:
             return math.ceil(len(text) / CHARS_PER_TOKEN)
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return len(self._encode(text)["input_ids"])
 
     def cut(self, text: str, tokens: int) -> str:
         """The longest prefix of text with at most `tokens` tokens."""
@@ -104,12 +107,13 @@ class TokenCounter:
             return ""
         if self.tokenizer is None:
             return text[: int(tokens * CHARS_PER_TOKEN)]
-        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        offsets = self._encode(text, offsets=True)["offset_mapping"]
         return text if tokens >= len(offsets) else text[: offsets[tokens - 1][1]]
 
 
 def refuse_control_tokens(text: str, chat: dict) -> None:
-    token = next((t.strip() for t in chat.values() if t.strip() and t.strip() in text), None)
+    tokens = [chat[turn].strip() for turn in ("user", "assistant", "end")] + chat.get("reserved", [])
+    token = next((t for t in tokens if t and t in text), None)
     if token:
         raise ValueError(f"text contains the chat token {token} (it would end the turn early)")
 
@@ -226,7 +230,7 @@ def collect(rows, layout: Layout, counter: TokenCounter, question_col: str, answ
             continue
         seen[(question, answer)] = where
         row = {layout.question: question, layout.answer: answer}
-        tokens = counter.count(layout.text(row))
+        tokens = count(counter, layout, row)
         if tokens > layout.max_seq_len:
             if over == "drop":
                 report.drop(f"longer than max_seq_len {layout.max_seq_len} tokens", where)
@@ -240,30 +244,46 @@ def collect(rows, layout: Layout, counter: TokenCounter, question_col: str, answ
     return kept
 
 
+def count(counter: TokenCounter, layout: Layout, row: dict) -> int:
+    return counter.count(layout.text(row)) + (2 if layout.special_tokens else 0)
+
+
 def truncate(row: dict, layout: Layout, counter: TokenCounter):
     """Shorten the answer so the whole sample fits; the template's closing tokens stay."""
-    fixed = counter.count(layout.text({**row, layout.answer: ""}))
+    fixed = count(counter, layout, {**row, layout.answer: ""})
     budget = layout.max_seq_len - fixed
     for _ in range(8):  # tokens can merge across the cut: shrink until it fits
         if budget <= 0:
             return None, 0
         answer = counter.cut(row[layout.answer], budget).rstrip()
         candidate = {**row, layout.answer: answer}
-        tokens = counter.count(layout.text(candidate))
+        tokens = count(counter, layout, candidate)
         if tokens <= layout.max_seq_len and answer:
             return candidate, tokens
         budget -= max(1, tokens - layout.max_seq_len)
     return None, 0
 
 
-def split(kept: list, share: float, seed: int) -> tuple[list, list]:
-    """Deterministic: the same rows, seed and share always give the same files; each keeps source order."""
+def split(kept: list, share: float, seed: int, question: str) -> tuple[list, list]:
+    """Rows go to eval by a hash of their question: the same data always gives the same files, adding rows
+    moves few others, and rows that ask the same question stay on one side (no train/eval leak)."""
     if len(kept) < 2:
         raise PrepareError(f"{len(kept)} usable rows; training needs at least 2 (one to train, one to evaluate)")
-    order = list(range(len(kept)))
-    random.Random(seed).shuffle(order)
     n_eval = min(len(kept) - 1, max(1, round(len(kept) * share)))
-    eval_ids = set(order[:n_eval])
+    groups: dict[str, list[int]] = {}
+    for index, (_, row, _) in enumerate(kept):
+        groups.setdefault(" ".join(row[question].lower().split()), []).append(index)
+    if len(groups) < 2:
+        raise PrepareError("every usable row asks the same question; evaluation needs rows with other questions")
+
+    def rank(text: str) -> str:
+        return hashlib.sha256(f"{seed}\0{text}".encode()).hexdigest()
+
+    eval_ids: set[int] = set()
+    for text in sorted(groups, key=rank):
+        if len(eval_ids) >= n_eval or len(eval_ids) + len(groups[text]) >= len(kept):
+            break
+        eval_ids.update(groups[text])
     train = [kept[i] for i in range(len(kept)) if i not in eval_ids]
     evaluation = [kept[i] for i in range(len(kept)) if i in eval_ids]
     return train, evaluation
@@ -286,6 +306,8 @@ def write_outputs(contents: dict[Path, str], force: bool) -> list[str]:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             staged[path] = temp
+            # mkstemp makes the file private (0600); the training data keeps the target's or the usual mode
+            os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
             with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
                 out.write(contents[path])
                 out.flush()
@@ -297,6 +319,12 @@ def write_outputs(contents: dict[Path, str], force: bool) -> list[str]:
             if os.path.exists(temp):
                 os.unlink(temp)
     return [_shown(path) for path in changed]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _shown(path: Path) -> str:
@@ -312,11 +340,13 @@ def percentile(values: list[int], share: float) -> int:
 
 
 def preview(rows: list, layout: Layout, count: int) -> None:
-    """Print samples exactly as Olive builds them: the template filled in, no special tokens added."""
+    """Print samples exactly as Olive builds them: the config's text_template filled in."""
     print(
         "\nSamples as training sees them. [prompt] and [answer] mark the parts; Olive's line-by-line "
         "strategy computes the loss on both."
     )
+    if layout.special_tokens:
+        print("Olive also wraps each one as '<bos> sample <eos>' (add_special_tokens in the Olive config).")
     for number, (where, row, tokens) in enumerate(rows[:count], start=1):
         prompt, text = layout.prompt(row), layout.text(row)
         print(f"\n--- sample {number} ({where} of the source, {tokens} tokens) ---")
@@ -327,7 +357,7 @@ def preview(rows: list, layout: Layout, count: int) -> None:
 
 
 def summarise(report: Report, kept: list, counter: TokenCounter, layout: Layout, source: str) -> None:
-    print(f"Read {report.read} rows from {source}; kept {len(kept)}")
+    print(f"Read {report.read} row{'' if report.read == 1 else 's'} from {source}; kept {len(kept)}")
     for line in report.lines():
         print(line)
     lengths = [tokens for _, _, tokens in kept]
@@ -348,6 +378,7 @@ def parse_args(argv, facts: dict):
     parser.add_argument("--answer-column", default=facts["answer_column"], help="column with the answer")
     parser.add_argument("--format", default="auto", choices=["auto", *sources.FORMATS], help="default: by suffix")
     parser.add_argument("--encoding", default="utf-8-sig", help="text encoding of CSV/TSV/JSON files")
+    parser.add_argument("--delimiter", help="CSV separator (default: ',' or what the header line uses, e.g. ';')")
     parser.add_argument("--split", default="train", help="split to read from a datasets folder")
     parser.add_argument("--eval-share", type=float, default=EVAL_SHARE, help="share of rows for evaluation")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the train/eval split")
@@ -365,6 +396,12 @@ def parse_args(argv, facts: dict):
     args = parser.parse_args(argv)
     if not 0 < args.eval_share < 1:
         parser.error("--eval-share must be between 0 and 1")
+    if args.preview is not None and args.preview < 1:
+        parser.error("--preview needs a number of samples >= 1")
+    if args.delimiter is not None and len(args.delimiter.encode("unicode_escape").decode()) > 2:
+        parser.error("--delimiter is one character, e.g. ';' or '\\t'")
+    args.delimiter = args.delimiter.replace("\\t", "\t") if args.delimiter else None
+    args.question_column, args.answer_column = args.question_column.strip(), args.answer_column.strip()
     return args
 
 
@@ -372,17 +409,20 @@ def main(argv=None) -> int:
     facts = project.load()
     args = parse_args(argv, facts)
     try:
-        config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
-        layout = Layout(facts, config)
+        layout = Layout(facts, json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8")))
+    except (OSError, ValueError, PrepareError) as error:
+        print(f"ERROR: {_shown(project.OLIVE_CONFIG)}: {error}; regenerate or fix the config", file=sys.stderr)
+        return 1
+    try:
         source = args.source.resolve()
         if source in (layout.train_file.resolve(), layout.eval_file.resolve()):
             raise PrepareError("this is an output of this script; pass your original data file")
-        fmt, rows = sources.read(source, args.format, args.encoding, args.split)
+        fmt, rows = sources.read(source, args.format, args.encoding, args.split, args.delimiter)
         counter = TokenCounter(args.tokenizer)
         report = Report()
         kept = collect(rows, layout, counter, args.question_column, args.answer_column, args.over_length, report)
         summarise(report, kept, counter, layout, f"{_shown(source)} ({fmt})")
-        train, evaluation = split(kept, args.eval_share, args.seed)
+        train, evaluation = split(kept, args.eval_share, args.seed, layout.question)
     except (sources.SourceError, PrepareError) as error:
         print(f"ERROR: {_shown(args.source)}: {error}", file=sys.stderr)
         return 1
@@ -397,6 +437,10 @@ def main(argv=None) -> int:
         written = write_outputs(outputs, args.force)
     except PrepareError as error:
         print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"ERROR: {_shown(Path(error.filename or layout.train_file))}: cannot write it ({error.strerror})",
+              file=sys.stderr)
         return 1
     state = "written" if written else "unchanged"
     print(

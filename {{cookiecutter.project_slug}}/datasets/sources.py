@@ -35,7 +35,10 @@ def detect_format(path: Path) -> str:
 
 
 def decode(path: Path, encoding: str) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise SourceError(f"cannot read it ({error.strerror}); check the path and its permissions") from None
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:
@@ -51,23 +54,55 @@ def decode(path: Path, encoding: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_delimited(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[str, dict]]:
-    # newline="" semantics: the csv module handles quoted commas and newlines inside a field
-    reader = csv.reader(io.StringIO(decode(path, encoding), newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if not header:
-        raise SourceError("empty file; the first line must name the columns")
-    header = [name.strip() for name in header]
-    start = reader.line_num + 1
-    for values in reader:
-        where = f"line {start}"
+def pick_delimiter(first_line: str, default: str) -> str:
+    """Excel writes ';' where ',' is the decimal mark: a one-field header that splits on another separator
+    means the file uses that one."""
+    if default in first_line:
+        return default
+    for candidate in (";", "\t", "|", ","):
+        if candidate != default and candidate in first_line:
+            return candidate
+    return default
+
+
+def read_delimited(path: Path, encoding: str, delimiter: str | None, default: str) -> Iterator[tuple[str, dict]]:
+    text = decode(path, encoding)
+    offset = 0
+    if text.lower().startswith("sep=") and "\n" in text:  # Excel's "sep=;" line names the separator
+        first, text = text.split("\n", 1)
+        delimiter, offset = delimiter or first[4:5], 1
+    delimiter = delimiter or pick_delimiter(text.split("\n", 1)[0], default)
+    # Answers can be long documents; the csv module's default cap is 128 KiB per field
+    csv.field_size_limit(2**31 - 1)
+    # newline="" semantics: the csv module handles quoted commas and newlines inside a field;
+    # strict: an unclosed quote is an error, not rows silently merged into one answer
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows = []
+    start = 1
+    try:
+        header = next(reader, None)
+        if not header:
+            raise SourceError("empty file; the first line must name the columns")
+        header = [name.strip() for name in header]
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            places = ", ".join(str(i + 1) for i, name in enumerate(header) if name == repeated[0])
+            raise SourceError(f"column {repeated[0]!r} appears more than once (columns {places}); rename one")
         start = reader.line_num + 1
-        if not any(value.strip() for value in values):
-            continue  # blank line
-        if len(values) != len(header):
-            yield where, {"__error__": f"{len(values)} fields where the header has {len(header)}"}
-            continue
-        yield where, dict(zip(header, values, strict=True))
+        for values in reader:
+            where = f"line {start + offset}"
+            start = reader.line_num + 1
+            if not any(value.strip() for value in values):
+                continue  # blank line
+            if len(values) != len(header):
+                rows.append((where, {"__error__": f"{len(values)} fields where the header has {len(header)}"}))
+                continue
+            rows.append((where, dict(zip(header, values, strict=True))))
+    except csv.Error as error:
+        what = "a quote is never closed" if "end of data" in str(error) else str(error)
+        where = f"the row starting at line {start + offset}"
+        raise SourceError(f"{where} cannot be read: {what}; fix the quoting") from None
+    return iter(rows)
 
 
 def read_json(path: Path, encoding: str) -> Iterator[tuple[str, dict]]:
@@ -117,7 +152,10 @@ def read_hf_folder(path: Path, split: str) -> Iterator[tuple[str, dict]]:
         from datasets import DatasetDict, load_from_disk
     except ImportError:
         raise SourceError("reading a datasets folder needs datasets: pip install -r setup/requirements.txt") from None
-    data = load_from_disk(str(path))
+    try:
+        data = load_from_disk(str(path))
+    except (OSError, ValueError) as error:
+        raise SourceError(f"not a readable datasets folder ({error}); save it again with save_to_disk") from None
     if isinstance(data, DatasetDict):
         if split not in data:
             raise SourceError(f"no split {split!r}; it has {', '.join(data)}; pass --split")
@@ -126,11 +164,11 @@ def read_hf_folder(path: Path, split: str) -> Iterator[tuple[str, dict]]:
         yield f"row {number}", record
 
 
-def read(path: Path, fmt: str = "auto", encoding: str = "utf-8-sig", split: str = "train"):
+def read(path: Path, fmt: str = "auto", encoding: str = "utf-8-sig", split: str = "train", delimiter=None):
     """Return (format, rows) for a data file; raises SourceError for a file that cannot be read at all."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt in ("csv", "tsv"):
-        rows = read_delimited(path, encoding, "," if fmt == "csv" else "\t")
+        rows = read_delimited(path, encoding, delimiter, "," if fmt == "csv" else "\t")
     elif fmt == "json":
         rows = read_json(path, encoding)
     elif fmt == "jsonl":

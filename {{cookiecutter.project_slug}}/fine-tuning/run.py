@@ -43,14 +43,12 @@ def preflight(config: dict) -> None:
             f"{model_path}: no base model there; download it with `python model-cache/download.py` "
             "(or run `python setup/smoke.py` for the offline smoke run)"
         )
-    for data_config in config.get("data_configs", []):
-        files = data_config.get("load_dataset_config", {}).get("data_files")
-        for name in [files] if isinstance(files, str) else files or []:
-            if not _resolve(name).is_file():
-                raise WorkflowError(
-                    f"{name}: training data not found; make it with `python datasets/prepare.py <your data file>` "
-                    "(see datasets/README.md)"
-                )
+    for name in project.data_files(config):
+        if not _resolve(name).is_file():
+            raise WorkflowError(
+                f"{name}: training data not found; make it with `python datasets/prepare.py <your data file>` "
+                "(see datasets/README.md)"
+            )
 
 
 def run_olive(config_path: Path, log_path: Path) -> str:

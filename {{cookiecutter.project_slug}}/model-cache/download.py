@@ -9,6 +9,7 @@ it. A re-run skips the files already complete, and with HF_HUB_OFFLINE=1 it only
 """
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "setup"))
@@ -44,13 +46,16 @@ IGNORE_PATTERNS = ["*/*"]
 # Kept free beyond the files themselves: a full disk breaks more than this download.
 RESERVE_BYTES = 512 * 2**20
 
-EXIT_OFFLINE, EXIT_AUTH, EXIT_REPO, EXIT_REVISION, EXIT_DISK = 3, 4, 5, 6, 7
-EXIT_INTERRUPTED = 130
+EXIT_OFFLINE, EXIT_AUTH, EXIT_REPO, EXIT_REVISION, EXIT_DISK, EXIT_PACKAGES = 3, 4, 5, 6, 7, 8
+EXIT_INTERRUPTED = 130  # Ctrl-C; a SIGTERM exits 143
+PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
 
 EPILOG = f"""\
 exit codes: 0 done, 2 usage, {EXIT_OFFLINE} Hub unreachable (or HF_HUB_OFFLINE=1) and files missing,
   {EXIT_AUTH} not authorised (gated or private repo, missing or bad token), {EXIT_REPO} repository not found,
-  {EXIT_REVISION} revision not found, {EXIT_DISK} not enough disk space, {EXIT_INTERRUPTED} interrupted, 1 anything else
+  {EXIT_REVISION} revision not found, {EXIT_DISK} not enough disk space, {EXIT_PACKAGES} huggingface_hub missing or not
+  the major version setup/requirements.txt pins (or another package missing), {EXIT_INTERRUPTED} interrupted
+  (143 terminated), 1 anything else
 
 interrupted downloads: within one run, huggingface_hub retries a dropped connection a few times,
   resuming the file from the last 10 MiB it had written. A file still unfinished when the run ends
@@ -78,33 +83,94 @@ def human(size: int) -> str:
 
 def on_interrupt(signum, frame) -> None:
     # Ctrl-C would otherwise wait for every running file to finish: the download threads are not daemons.
+    # os._exit skips every finally: the lock file goes here.
+    for path in HELD_LOCKS:
+        remove_lock_file(path)
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
     print(
-        "\nERROR: interrupted: run the same command again; finished files are kept, an unfinished file starts "
+        f"\nERROR: {what}: run the same command again; finished files are kept, an unfinished file starts "
         "again from zero",
         file=sys.stderr,
         flush=True,
     )
     sys.stdout.flush()
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(128 + signum)
 
 
-def lock_and_clean(local_dir: Path):
+def pinned_hub() -> str | None:
+    """The huggingface_hub version setup/requirements.txt pins, or None where it says none."""
+    try:
+        text = (project.ROOT / "setup" / "requirements.txt").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r"^\s*huggingface[-_.]hub\s*==\s*([^\s;#]+)", text, re.IGNORECASE | re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _major(version: str) -> int | None:
+    match = re.match(r"\d+", version)
+    return int(match.group()) if match else None
+
+
+def check_hub_version() -> None:
+    """Before anything imports huggingface_hub: another major version fails deep inside, with tracebacks."""
+    pin = pinned_hub()
+    try:
+        installed = metadata.version("huggingface_hub") or "of an unknown version"
+    except metadata.PackageNotFoundError:
+        installed = None
+    needs = f"this script needs the pinned {pin}" if pin else "this script needs the one setup/requirements.txt pins"
+    if installed is None:
+        raise DownloadError(EXIT_PACKAGES, f"huggingface_hub is not installed; {needs}: {PIP_INSTALL}")
+    if pin and _major(installed) != _major(pin):
+        raise DownloadError(EXIT_PACKAGES, f"huggingface_hub {installed} is installed; {needs}: {PIP_INSTALL}")
+
+
+# the lock file this run holds: on_interrupt removes it before os._exit
+HELD_LOCKS: list[Path] = []
+
+
+def remove_lock_file(path: Path) -> None:
+    """Delete the lock file while this run still holds its lock, so that no other run holds the deleted file.
+
+    A run that opened the file just before and locks it just after holds nothing: filelock (4.x) and
+    download_lock look for that and lock the new file. On Windows an open file cannot be deleted: filelock
+    deletes it there when it releases.
+    """
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def download_lock(local_dir: Path):
     """Hold a lock on local_dir for this run, then delete what interrupted runs left behind.
 
     huggingface_hub names each temporary file uniquely per run and never reuses one, so once no other
-    download into local_dir is running (the lock), every *.incomplete there is dead weight.
+    download into local_dir is running (the lock), every *.incomplete there is dead weight. The lock file
+    goes when the run ends, whichever way; it stays only while another run holds it.
     """
     from filelock import FileLock, Timeout
 
     local_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(local_dir.parent / f".{local_dir.name}.download.lock"))
+    path = local_dir.parent / f".{local_dir.name}.download.lock"
+    for attempt in range(3):
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise DownloadError(1, f"another download into {local_dir} is running: wait for it to finish") from None
+        if path.exists() or attempt == 2:
+            break
+        lock.release()  # the run before deleted the file between our open and our lock: lock the new one
+    HELD_LOCKS.append(path)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise DownloadError(1, f"another download into {local_dir} is running: wait for it to finish") from None
-    for partial in (local_dir / ".cache" / "huggingface" / "download").glob("*.incomplete"):
-        partial.unlink(missing_ok=True)
-    return lock
+        for partial in (local_dir / ".cache" / "huggingface" / "download").glob("*.incomplete"):
+            partial.unlink(missing_ok=True)
+        yield
+    finally:
+        remove_lock_file(path)
+        HELD_LOCKS.remove(path)
+        lock.release()
 
 
 def wanted(paths) -> list[str]:
@@ -117,6 +183,19 @@ def free_bytes(path: Path) -> int:
     while not path.exists():  # the folder is created by the download
         path = path.parent
     return shutil.disk_usage(path).free
+
+
+def space_fix(local_dir: Path) -> str:
+    """What to do when local_dir's disk is too small: the workflow reads the model from the project's model_dir."""
+    try:
+        model_dir = project.load()["model_dir"]
+    except Exception:  # noqa: BLE001 - the message still helps without the project's facts
+        model_dir = "model-cache/<org>/<model>"
+    return (
+        f"free some space there, or download onto a larger disk with --local-dir /larger/disk/{local_dir.name} and "
+        f"then replace {model_dir} with a symbolic link to that folder (fine-tuning/olive-config.json reads the "
+        "model there; or set its input_model.model_path to the new folder)"
+    )
 
 
 def preflight(repo: str, revision: str, local_dir: Path) -> str:
@@ -134,7 +213,7 @@ def preflight(repo: str, revision: str, local_dir: Path) -> str:
         raise DownloadError(
             EXIT_DISK,
             f"not enough disk space in {local_dir}: {human(needed)} to download (+{human(RESERVE_BYTES)} kept free), "
-            f"{human(free)} free: free some space or pass --local-dir on a larger disk",
+            f"{human(free)} free: {space_fix(local_dir)}",
         )
     todo = f"{human(needed)} to download" if missing else "nothing to download"
     print(f"{repo} at {info.sha}: {len(files)} files, {todo} into {local_dir}")
@@ -157,13 +236,15 @@ def check_files(local_dir: Path) -> list[str]:
     return missing
 
 
-def download(repo: str, revision: str, local_dir: Path) -> None:
+def download(repo: str, revision: str, local_dir: Path) -> str | None:
+    """Download (or, offline, check) the files; return the commit they are, None where that is unknown."""
     from huggingface_hub import is_offline_mode, snapshot_download
 
     local_only = is_offline_mode()
+    commit = None
     if not local_only:
         try:
-            revision = preflight(repo, revision, local_dir)
+            revision = commit = preflight(repo, revision, local_dir)
         except DownloadError:
             raise
         except Exception as error:
@@ -187,22 +268,31 @@ def download(repo: str, revision: str, local_dir: Path) -> None:
         if local_only:
             raise DownloadError(EXIT_OFFLINE, _offline_message(local_dir, ", ".join(missing[:3])))
         raise DownloadError(1, f"{repo} at {revision} has no {', '.join(missing[:3])}: is it a transformers model?")
+    return commit or local_commit(local_dir)
+
+
+def local_commit(local_dir: Path) -> str | None:
+    """The commit huggingface_hub recorded for config.json when it downloaded it, or None."""
+    if not (local_dir / "config.json").is_file():
+        return None
+    try:  # huggingface_hub's record of each file's commit; private, so a change of it skips what needs it
+        from huggingface_hub._local_folder import read_download_metadata
+
+        record = read_download_metadata(local_dir, "config.json")
+    except Exception:  # noqa: BLE001
+        return None
+    return getattr(record, "commit_hash", None)
 
 
 def check_local_commit(local_dir: Path, revision: str) -> None:
     """Offline, snapshot_download returns any non-empty local_dir: refuse files of another commit than the pin."""
-    if not re.fullmatch(r"[0-9a-f]{40}", revision) or not (local_dir / "config.json").is_file():
-        return  # a branch or tag means a commit only the Hub knows; no files, nothing to compare
-    try:  # huggingface_hub's record of each file's commit; private, so a change of it skips this check
-        from huggingface_hub._local_folder import read_download_metadata
-
-        metadata = read_download_metadata(local_dir, "config.json")
-    except Exception:
-        return
-    if metadata is not None and metadata.commit_hash != revision:
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        return  # a branch or tag means a commit only the Hub knows
+    commit = local_commit(local_dir)
+    if commit is not None and commit != revision:
         raise DownloadError(
             EXIT_OFFLINE,
-            f"{local_dir} holds commit {metadata.commit_hash}, not {revision}, and the Hub cannot be reached: "
+            f"{local_dir} holds commit {commit}, not {revision}, and the Hub cannot be reached: "
             "go online (unset HF_HUB_OFFLINE) and run again",
         )
 
@@ -223,9 +313,19 @@ def _offline_message(local_dir: Path, missing: str) -> str:
     )
 
 
+def transport_errors() -> tuple[type, ...]:
+    """The connection errors of huggingface_hub's HTTP client: httpx2 in 2.x, httpx in 1.x.
+
+    Only a client already imported counts (an error of it means it is loaded): nothing is imported here.
+    """
+    found = (getattr(sys.modules.get(name), "TransportError", None) for name in ("httpx2", "httpx"))
+    return tuple(error for error in found if isinstance(error, type))
+
+
 def classify(error: BaseException, repo: str, revision: str, local_dir: Path) -> tuple[int, str]:
     """The exit code and the one-line message for an error of the download, or (0, "") if it is a bug."""
-    import httpx2
+    if isinstance(error, ImportError):  # a dependency of huggingface_hub missing
+        return EXIT_PACKAGES, f"{_first_line(error)}: {PIP_INSTALL}"
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -256,7 +356,7 @@ def classify(error: BaseException, repo: str, revision: str, local_dir: Path) ->
         )
     if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         return EXIT_OFFLINE, _offline_message(local_dir, "the model files")
-    if isinstance(error, httpx2.TransportError):
+    if isinstance(error, transport_errors()):
         return EXIT_OFFLINE, (
             f"no connection to {constants.ENDPOINT} ({_first_line(error)}): check the network (or HF_ENDPOINT, "
             "HTTPS_PROXY) and run again; finished files are kept"
@@ -264,7 +364,7 @@ def classify(error: BaseException, repo: str, revision: str, local_dir: Path) ->
     if isinstance(error, HfHubHTTPError):
         return EXIT_OFFLINE, f"the Hub answered: {_first_line(error)}: try again later"
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return EXIT_DISK, f"disk full while writing to {local_dir}: free some space or pass --local-dir elsewhere"
+        return EXIT_DISK, f"disk full while writing to {local_dir}: {space_fix(local_dir)}"
     if isinstance(error, OSError):
         return 1, f"{_first_line(error)}: run again; if it persists, delete {local_dir} and run again"
     return 0, ""
@@ -279,23 +379,30 @@ def main(argv=None) -> int:
     parser.add_argument("--local-dir", type=Path, help="where the files go (default: the project's model_dir)")
     args = parser.parse_args(argv)
 
+    try:
+        check_hub_version()
+    except DownloadError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return error.code
     facts = project.load()
     repo = args.repo or facts["base_model"]
     # the pinned commit belongs to the base model's repo; another repo has other commits
     revision = args.revision or (facts.get("revision") if repo == facts["base_model"] else None)
-    if not revision:
+    unpinned = not revision
+    if unpinned:
         print(
-            f"WARNING: no revision pinned for {repo}: downloading the current main branch, unpinned; pin the "
-            "commit printed below with --revision (or in setup/project.json)",
+            f"WARNING: no revision pinned for {repo}: downloading the current main branch, unpinned",
             file=sys.stderr,
         )
         revision = "main"
-    local_dir = (args.local_dir or project.ROOT / facts["model_dir"]).resolve()
+    model_dir = (project.ROOT / facts["model_dir"]).resolve()
+    local_dir = (args.local_dir or model_dir).resolve()
 
     signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
     try:
-        with lock_and_clean(local_dir):
-            download(repo, revision, local_dir)
+        with download_lock(local_dir):
+            commit = download(repo, revision, local_dir)
     except DownloadError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return error.code
@@ -307,8 +414,26 @@ def main(argv=None) -> int:
         return code
 
     print(f"Model ready: {local_dir}")
+    if unpinned:
+        print(pin_hint(repo, facts["base_model"], commit))
+    if local_dir != model_dir:
+        print(
+            f"Not in {facts['model_dir']}, where fine-tuning/olive-config.json reads the model: replace "
+            f"{facts['model_dir']} with a symbolic link to {local_dir}, or set input_model.model_path there to it"
+        )
     print("Next: python fine-tuning/check_config.py")
     return 0
+
+
+def pin_hint(repo: str, base_model: str, commit: str | None) -> str:
+    """How to get the same files again, after an unpinned download."""
+    if commit is None:
+        return f"Unpinned: which commit of {repo} these files are is unknown here; run this online to learn it"
+    if repo == base_model:
+        where = 'set "revision": "' + commit + '" in setup/project.json'
+    else:  # the pin in project.json is the base model's
+        where = f"pass --revision {commit}"
+    return f"Unpinned: these files are {repo} at commit {commit}; to download exactly them again, {where}"
 
 
 if __name__ == "__main__":

@@ -27,6 +27,16 @@ def end_token(project: dict | None = None) -> str:
     return (project or load())["chat_format"]["end"].strip()
 
 
+def data_files(config: dict | None = None) -> list[str]:
+    """The training data files the Olive config reads, relative to the project root."""
+    config = config or json.loads(OLIVE_CONFIG.read_text(encoding="utf-8"))
+    names = []
+    for data_config in config.get("data_configs", []):
+        files = data_config.get("load_dataset_config", {}).get("data_files")
+        names += [files] if isinstance(files, str) else list(files or [])
+    return sorted(set(names))
+
+
 def olive_env() -> dict:
     """Environment for olive runs: telemetry off, offline-safe defaults kept."""
     env = dict(os.environ)

@@ -44,7 +44,7 @@ def stage_data(source: Path, datasets: Path = project.ROOT / "datasets") -> list
             copied.append(str(target.relative_to(project.ROOT)))
     if not copied:
         raise StepError(f"--data {source}: the data input is empty; upload your data files to that folder")
-    missing = [name for name in data_files() if not (project.ROOT / name).is_file()]
+    missing = [name for name in project.data_files() if not (project.ROOT / name).is_file()]
     if missing:
         raise StepError(
             f"--data: the data input has no {', '.join(Path(name).name for name in missing)}, which "
@@ -52,14 +52,6 @@ def stage_data(source: Path, datasets: Path = project.ROOT / "datasets") -> list
         )
     return copied
 
-
-def data_files() -> list[str]:
-    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
-    names = []
-    for data_config in config.get("data_configs", []):
-        files = data_config.get("load_dataset_config", {}).get("data_files")
-        names += [files] if isinstance(files, str) else list(files or [])
-    return sorted(set(names))
 
 
 def read_secret(vault: str, name: str, credential=None, urlopen=urllib.request.urlopen) -> str:

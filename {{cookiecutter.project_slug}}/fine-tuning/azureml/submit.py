@@ -10,6 +10,8 @@ fine-tuning/azureml/config.json (git-ignored; see config.example.json) or the en
 """
 
 import argparse
+import contextlib
+import fnmatch
 import json
 import logging
 import os
@@ -47,6 +49,10 @@ DEFAULTS = {"compute": "gpu-cluster", "output_datastore": "workspaceblobstore"}
 WORKSPACE_KEYS = ("subscription_id", "resource_group", "workspace_name")
 PLACEHOLDER = re.compile(r"<[^>]*>|^\s*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+# Files that commonly hold a token, password or private key. The code snapshot is stored in the workspace's
+# storage account, readable by everyone with access to the workspace, so these are refused before any upload.
+SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.pfx", "*.p12", ".netrc", ".git-credentials", ".pypirc",
+                "id_rsa", "id_ecdsa", "id_ed25519")
 DATA_URI = re.compile(r"^(azureml://datastores/[^/]+/paths/.+|azureml:[^:@]+[:@].+|(https|wasbs|abfss)://.+)$")
 
 
@@ -65,20 +71,26 @@ def binding(expression: str) -> str:
 def load_settings(config_file: Path = CONFIG_FILE, environ=os.environ, overrides: dict | None = None) -> dict:
     """Defaults, then config.json, then environment variables, then command-line flags."""
     settings = dict(DEFAULTS)
+    source = dict.fromkeys(DEFAULTS, "default")  # where each value came from, for the error messages
     if config_file.is_file():
-        settings.update(_read_config(config_file))
+        from_file = _read_config(config_file)
+        settings.update(from_file)
+        source.update(dict.fromkeys(from_file, str(config_file)))
     for key, variable in SETTINGS.items():
         if environ.get(variable):
             settings[key] = environ[variable]
-    settings.update({k: v for k, v in (overrides or {}).items() if v})
+            source[key] = variable
+    for key, value in (overrides or {}).items():
+        if value:
+            settings[key] = value
+            source[key] = "--" + key.replace("_", "-")
     for key, value in settings.items():
-        where = variable if environ.get(variable := SETTINGS[key]) else config_file
+        where = source[key]
         if not isinstance(value, str):
             raise SubmitError(f"{where}: {key} is {value!r}; write it as a JSON string")
         if PLACEHOLDER.search(value):
-            raise SubmitError(
-                f"{where}: {key} is {value!r}, a placeholder; set your own value (see config.example.json)"
-            )
+            fix = " (see config.example.json)" if where == str(config_file) else ""
+            raise SubmitError(f"{where}: {key} is {value!r}, a placeholder; set your own value{fix}")
     if not NAME.match(settings["compute"]):
         raise SubmitError(f"compute {settings['compute']!r} is not a compute name; use the cluster's name in Azure ML")
     if bool(settings.get("hf_token_key_vault")) != bool(settings.get("hf_token_secret")):
@@ -136,21 +148,12 @@ def _requirement_lines(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def data_files() -> list[str]:
-    """The training data files the Olive config reads, relative to the project root."""
-    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
-    names = []
-    for data_config in config.get("data_configs", []):
-        files = data_config.get("load_dataset_config", {}).get("data_files")
-        names += [files] if isinstance(files, str) else list(files or [])
-    return sorted(set(names))
-
 
 def data_input(spec: str | None):
     """None: the data rides in the code snapshot (datasets/). Otherwise an Input the job copies into datasets/."""
     from azure.ai.ml import Input
 
-    files = data_files()
+    files = project.data_files()
     if spec is None:
         missing = [name for name in files if not (project.ROOT / name).is_file()]
         if missing:
@@ -234,11 +237,20 @@ def validate(job) -> None:
 
 
 def write_yaml(job, path: Path = JOB_YAML) -> Path:
-    """The job as `az ml job create --file` reads it, with code relative to the file."""
+    """The job as `az ml job create --file` reads it, with code and local inputs relative to the file."""
     import yaml
 
-    spec = json.loads(json.dumps(job._to_job()._to_dict()))  # plain dicts for yaml.safe_dump
+    command_job = job._to_job()
+    spec = json.loads(json.dumps(command_job._to_dict()))  # plain dicts for yaml.safe_dump
     spec["code"] = os.path.relpath(project.ROOT, path.parent)
+    # azure-ai-ml dumps a local input folder as "azureml:<path>", which it reads back as a data asset id; a path
+    # relative to the file is what `az ml job create --file` uploads
+    base = Path(getattr(command_job, "base_path", None) or Path.cwd())
+    for name, value in (spec.get("inputs") or {}).items():
+        local = getattr(command_job.inputs.get(name), "path", None)
+        is_local = isinstance(local, str) and (os.path.isabs(local) or not re.search("[:@]", local))
+        if is_local and isinstance(value, dict):
+            value["path"] = os.path.relpath(base / local, path.parent)
     # the environment is anonymous: Azure ML names it by the hash of image + conda file
     for key in ("name", "version", "tags"):
         spec["environment"].pop(key, None)
@@ -251,11 +263,26 @@ def write_yaml(job, path: Path = JOB_YAML) -> Path:
     return path
 
 
-def snapshot_summary() -> str:
-    """What Azure ML would upload as the job's code, by its own ignore rules (.amlignore, else .gitignore)."""
+def snapshot_summary(config_file: Path = CONFIG_FILE) -> str:
+    """What Azure ML would upload as the job's code, by its own ignore rules (.amlignore, else .gitignore).
+
+    Refuses a snapshot that holds a secret-looking file or the workspace config: an .amlignore replaces
+    .gitignore, so a project with one can upload the .env that .gitignore keeps out of git.
+    """
     from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
 
     files = get_upload_files_from_folder(project.ROOT, ignore_file=get_ignore_file(project.ROOT))
+    configs = {_relative(CONFIG_FILE), _relative(config_file)}
+    refused = sorted(name for _, name in files if name in configs or _is_secret(name))
+    if refused:
+        ignore = ".amlignore" if (project.ROOT / ".amlignore").is_file() else ".gitignore"
+        named = ", ".join(refused[:3]) + (f" and {len(refused) - 3} more" if len(refused) > 3 else "")
+        it = "it" if len(refused) == 1 else "them"
+        why = " (an .amlignore replaces .gitignore for the upload)" if ignore == ".amlignore" else ""
+        raise SubmitError(
+            f"{named}: would be uploaded with the job's code and may hold a secret: add {it} to {ignore}{why} "
+            f"or move {it} out of the project"
+        )
     sizes = sorted(((os.path.getsize(path), name) for path, name in files), reverse=True)
     total = sum(size for size, _ in sizes)
     line = f"code snapshot: {len(sizes)} files, {total / 2**20:.1f} MiB"
@@ -273,17 +300,26 @@ def connect(settings: dict, credential=None, **client_kwargs):
     from azure.ai.ml import MLClient
     from azure.core.exceptions import ClientAuthenticationError
 
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
+    # DefaultAzureCredential logs every source it tried (a dozen lines) before it raises; the error below
+    # says what to do in one line
+    with _quiet("azure.identity", "azure.core.pipeline"):
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
 
-        credential = DefaultAzureCredential()
-    try:
-        credential.get_token("https://management.azure.com/.default")
-    except ClientAuthenticationError:
-        raise SubmitError(
-            "not logged in to Azure (DefaultAzureCredential found no usable credential): run `az login`, "
-            "or set AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET for a service principal"
-        ) from None
+            credential = DefaultAzureCredential()
+        try:
+            credential.get_token("https://management.azure.com/.default")
+        except ClientAuthenticationError:
+            if shutil.which("az"):
+                fix = "run `az login`"
+            else:
+                fix = ("install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run "
+                       "`az login`")
+            raise SubmitError(
+                f"not logged in to Azure (DefaultAzureCredential found no usable credential): {fix}, or set "
+                "AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET for a service principal, or use another "
+                "DefaultAzureCredential source (managed identity, azd auth login)"
+            ) from None
     return MLClient(
         credential,
         settings["subscription_id"],
@@ -292,6 +328,20 @@ def connect(settings: dict, credential=None, **client_kwargs):
         enable_telemetry=False,
         **client_kwargs,
     )
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Hold these loggers (and their children) to CRITICAL for the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def check_target(ml_client, settings: dict) -> None:
@@ -392,6 +442,19 @@ def _local_path(job_path: str, gen_dir: Path) -> Path:
     return gen_dir.joinpath(*parts[last + 1 :])
 
 
+def _is_secret(name: str) -> bool:
+    basename = name.rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatchcase(basename, pattern) for pattern in SECRET_FILES)
+
+
+def _relative(path: Path) -> str | None:
+    """path as the snapshot names it (relative, with /), or None outside the project."""
+    try:
+        return path.resolve().relative_to(project.ROOT).as_posix()
+    except ValueError:
+        return None
+
+
 def _first_line(error: Exception) -> str:
     text = str(getattr(error, "message", None) or error).strip()
     return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
@@ -428,16 +491,18 @@ def run(args, credential=None, **client_kwargs) -> int:
     job = build_job(settings, args.data)
     validate(job)
     if args.dry_run:
+        summary = snapshot_summary(args.config)
         path = write_yaml(job, args.output)
         print(f"Job valid for compute {settings['compute']!r}; wrote {path}")
-        print(snapshot_summary())
+        print(summary)
         return 0
     require_workspace(settings, args.config)
     if not (project.ROOT / "model-cache" / "download.py").is_file():
         raise SubmitError("model-cache/download.py is missing: the job downloads the base model with it")
+    summary = snapshot_summary(args.config)  # before signing in: a secret in the snapshot stops everything
     ml_client = connect(settings, credential, **client_kwargs)
     check_target(ml_client, settings)
-    print(snapshot_summary())
+    print(summary)
     submit(ml_client, job, stream=not args.no_stream)
     return 0
 

@@ -1,0 +1,297 @@
+"""The checks of `check_env.py --fast`: judgements on the gathered facts, each with its fix.
+
+Standard library only, like env_facts.py: they import nothing they check.
+"""
+
+import shutil
+import sys
+
+import project
+from env_facts import GENAI_PACKAGES, METHOD_NAMES, ORT_PACKAGES, Check, Env, Gpu, compute_label
+
+# onnxruntime's wheels (1.31 and later) need Python 3.11 or later
+MIN_PYTHON = (3, 11)
+# Peak GPU memory measured through Olive on a Phi-3-mini-sized model at batch 1, seq 1024-2048 (GiB).
+# Olive loads the base model in float32 for torch_dtype float16 (fp16 mixed precision) and float32.
+NEED_GIB = {
+    ("lora", "bfloat16"): 10,
+    ("lora", "float16"): 18,
+    ("lora", "float32"): 18,
+    ("qlora", "bfloat16"): 6,
+    ("qlora", "float16"): 6,
+    ("qlora", "float32"): 6,
+}
+MEASURED_SEQ_LEN = 2048
+# Disk, in multiples of the model's download (an estimate): Olive's cache keeps the merged model and
+# fine-tuning/run.py copies it into gen-model/merged; the ONNX model's size follows its precision.
+MERGED_FACTOR = 2.0
+ONNX_FACTOR = {"int4": 0.5, "fp16": 1.0, "fp32": 2.0, "none": 0.0}
+DEFAULT_DOWNLOAD_GB = 7.7  # Phi-3-mini's safetensors
+# torch and the onnxruntime packages have rows of their own; one missing package, one problem
+OWN_ROWS = {"torch", *ORT_PACKAGES, *GENAI_PACKAGES}
+PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
+
+
+# ---------------------------------------------------------------- fixes the full-mode probes give too
+
+
+def reinstall(env: Env, group: tuple[str, ...], wanted: str) -> str:
+    """Uninstall every package of the group first: removing one deletes files the other one installed."""
+    present = env.present(group)
+    pin = env.pins.get(wanted)
+    install = f"python -m pip install {wanted}=={pin}" if pin else f"python -m pip install {wanted}"
+    return f"python -m pip uninstall -y {' '.join(present)} && {install}" if present else install
+
+
+def torch_cuda_fix(env: Env) -> str:
+    pin = env.pins.get("torch", "<version>")
+    return (
+        f"python -m pip install --force-reinstall torch=={pin} --index-url https://download.pytorch.org/whl/cuXXX "
+        "(the cuXXX your driver supports: pytorch.org, 'previous versions')"
+    )
+
+
+# ---------------------------------------------------------------- interpreter, project, packages
+
+
+def check_python(env: Env) -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    detail = f"{version} ({sys.executable})"
+    if sys.version_info[:2] < MIN_PYTHON:
+        wanted = ".".join(map(str, MIN_PYTHON))
+        return Check("python", "fail", detail, f"use Python {wanted} or later")
+    return Check("python", "ok", detail)
+
+
+def check_project(env: Env) -> Check:
+    facts = env.facts
+    summary = (
+        f"{facts.get('base_model')}, {facts.get('finetune_method')} "
+        f"({'Azure ML' if facts.get('compute_target') == 'azureml' else 'this machine'}), "
+        f"ONNX {facts.get('onnx_precision')} on {facts.get('execution_provider')}"
+    )
+    if env.facts_error:
+        return Check(
+            "project",
+            "fail",
+            f"setup/project.json unreadable ({env.facts_error}); assuming the template defaults: {summary}",
+            "restore setup/project.json from version control, or generate the project again "
+            "(its answers are in .cookiecutter.json)",
+        )
+    return Check("project", "ok", summary)
+
+
+def check_packages(env: Env) -> Check:
+    if env.pins_error:
+        return Check("packages", "fail", env.pins_error, "restore setup/requirements.txt from version control")
+    pins = {name: pin for name, pin in env.pins.items() if name not in OWN_ROWS}
+    missing = [name for name in pins if env.installed.get(name) is None]
+    different = [
+        f"{name} {env.installed[name]} (pinned {pin})"
+        for name, pin in pins.items()
+        if env.installed.get(name) is not None and env.installed[name].split("+")[0] != pin
+    ]
+    if missing:
+        return Check(
+            "packages", "fail", f"{len(missing)} of {len(pins)} not installed: {', '.join(missing)}", PIP_INSTALL
+        )
+    if different:
+        return Check("packages", "warn", f"not the tested versions: {', '.join(different)}", PIP_INSTALL)
+    return Check("packages", "ok", f"the other {len(pins)} pinned packages at the tested versions")
+
+
+def _exclusive(env: Env, name: str, group: tuple[str, ...], wanted: str) -> Check:
+    """Exactly one package of the group, and the one this project's provider needs."""
+    present = env.present(group)
+    listing = ", ".join(f"{package} {env.installed[package]}" for package in present)
+    if not present:
+        return Check(name, "fail", f"not installed (this project needs {wanted})", PIP_INSTALL)
+    if len(present) > 1:
+        return Check(
+            name,
+            "fail",
+            f"{listing} installed together: they share one import folder and overwrite each other",
+            reinstall(env, group, wanted),
+        )
+    if present[0] != wanted and env.cuda:
+        return Check(
+            name,
+            "fail",
+            f"{listing} installed: it has no CUDA provider, and this project runs ONNX on cuda",
+            reinstall(env, group, wanted),
+        )
+    if present[0] != wanted:
+        return Check(name, "warn", f"{listing} installed; setup/requirements.txt has {wanted}", PIP_INSTALL)
+    return Check(name, "ok", listing)
+
+
+def check_onnxruntime_package(env: Env) -> Check:
+    return _exclusive(env, "onnxruntime package", ORT_PACKAGES, "onnxruntime-gpu" if env.cuda else "onnxruntime")
+
+
+def check_genai_package(env: Env) -> Check:
+    wanted = "onnxruntime-genai-cuda" if env.cuda else "onnxruntime-genai"
+    return _exclusive(env, "onnxruntime-genai package", GENAI_PACKAGES, wanted)
+
+
+def check_torch_package(env: Env) -> Check:
+    version = env.installed.get("torch")
+    if version is None:
+        return Check("torch", "fail", "not installed", PIP_INSTALL)
+    if "+cpu" in version and env.trains_here:
+        detail = f"{version} is a CPU-only build; training needs a CUDA build"
+        return Check("torch", "fail", detail, torch_cuda_fix(env))
+    return Check("torch", "ok", f"{version} installed (its CUDA is checked without --fast)")
+
+
+# ---------------------------------------------------------------- driver and GPU
+
+
+def check_driver(env: Env) -> Check:
+    uses = env.gpu_uses()
+    if env.gpus and env.gpus_from_torch:
+        return Check("nvidia driver", "warn", f"{env.smi_error}, yet torch sees {env.gpus[0].describe()}", env.smi_fix)
+    if env.gpus:
+        listing = "; ".join(f"GPU {i}: {gpu.describe()}" for i, gpu in enumerate(env.gpus[:4]))
+        return Check("nvidia driver", "ok", f"driver {env.gpus[0].driver}, {listing}")
+    if not uses:
+        return Check("nvidia driver", "skip", f"{env.smi_error}; not needed: no local training, ONNX on cpu")
+    return Check("nvidia driver", "fail", f"{env.smi_error}; needed for {' and '.join(uses)}", env.smi_fix)
+
+
+def _need_gib(env: Env) -> int:
+    return NEED_GIB.get((env.method, env.training["torch_dtype"]), NEED_GIB[(env.method, "bfloat16")])
+
+
+def check_gpu_memory(env: Env) -> Check:
+    if not env.trains_here:
+        return Check("gpu memory", "skip", "no training on this machine")
+    gpu = env.best_gpu()
+    if gpu is None:
+        return Check("gpu memory", "skip", "no GPU to measure (see nvidia driver)")
+    need = _need_gib(env)
+    dtype, batch, seq_len = env.training["torch_dtype"], env.training["batch"], env.facts.get("max_seq_len", 0)
+    plan = f"{METHOD_NAMES[env.method]} ({dtype}) needs about {need} GiB at batch 1, seq <= {MEASURED_SEQ_LEN}"
+    free = gpu.free_gib if gpu.free_gib is not None else gpu.total_gib
+    if free is None:
+        return Check("gpu memory", "warn", f"{gpu.name}: nvidia-smi reports no memory figures; {plan}")
+    detail = f"{gpu.name}: {free:.1f} GiB free of {gpu.total_gib or free:.1f} GiB; {plan}"
+    if (gpu.total_gib or free) < need:
+        other = "QLoRA (about 6 GiB): generate the project with finetune_method=qlora, or " * (env.method == "lora")
+        fix = f"use {other}a GPU with more memory, or train on Azure ML (compute_target=azureml)"
+        return Check("gpu memory", "fail", detail, fix)
+    if free < need:
+        fix = "other processes hold the GPU's memory: stop them (`nvidia-smi` lists them)"
+        return Check("gpu memory", "fail", detail, fix)
+    if batch != 1 or seq_len > MEASURED_SEQ_LEN:
+        return Check(
+            "gpu memory",
+            "warn",
+            f"{detail}: batch {batch}, seq {seq_len} needs more (activations grow with both)",
+            "if training runs out of memory, lower per_device_train_batch_size in fine-tuning/olive-config.json",
+        )
+    return Check("gpu memory", "ok", detail)
+
+
+def _capability(env: Env, gpu: Gpu | None) -> tuple[int, int] | None:
+    """nvidia-smi's figure, else the one torch read in full mode (old drivers do not report it)."""
+    if gpu and gpu.capability:
+        return gpu.capability
+    return env.torch.get("capability")
+
+
+def check_bf16(env: Env) -> Check:
+    name = "bf16 (compute capability)"
+    if not env.trains_here:
+        return Check(name, "skip", "no training on this machine")
+    gpu = env.best_gpu()
+    capability = _capability(env, gpu)
+    dtype, pass_name = env.training["torch_dtype"], env.training["pass_name"]
+    key = f"passes.{pass_name}.torch_dtype in fine-tuning/olive-config.json"
+    if capability is None:
+        if gpu is None:
+            return Check(name, "skip", "no GPU to check (see nvidia driver)")
+        return Check(
+            name,
+            "warn",
+            f"compute capability unknown (old driver); {key} is {dtype!r}",
+            "bf16 needs compute capability 8.0 (Ampere) or later; look your GPU up on "
+            "https://developer.nvidia.com/cuda-gpus",
+        )
+    shown = compute_label(capability)
+    bf16 = capability >= (8, 0) and env.torch.get("bf16") is not False
+    bf16_need = NEED_GIB[(env.method, "bfloat16")]
+    if dtype == "bfloat16" and not bf16:
+        total = gpu.total_gib if gpu else None
+        if env.method == "lora" and total is not None and total < NEED_GIB[("lora", "float32")]:
+            fix = (
+                "this GPU has no bf16 and too little memory for LoRA in float32 (about 18 GiB): generate the "
+                'project with finetune_method=qlora and set passes.qlora.torch_dtype to "float16", or train on '
+                "Azure ML (compute_target=azureml)"
+            )
+        elif env.method == "lora":
+            fix = (
+                f'set {key} to "float16" (Olive then loads the base model in float32 and trains in fp16 mixed '
+                f"precision: about {NEED_GIB[('lora', 'float16')]} GiB of GPU memory)"
+            )
+        else:
+            fix = f'set {key} to "float16" (fp16 mixed precision; the 4-bit layers stay 4-bit)'
+        return Check(name, "fail", f"{shown}: no bf16 (needs 8.0 or later); {key} is 'bfloat16'", fix)
+    if dtype != "bfloat16" and bf16 and _need_gib(env) > bf16_need:
+        return Check(
+            name,
+            "warn",
+            f"{shown} supports bf16, but {key} is {dtype!r}",
+            f'set it to "bfloat16": about {bf16_need} GiB instead of {_need_gib(env)} GiB',
+        )
+    note = f" ({env.training['error']}: assumed)" if env.training["error"] else ""
+    return Check(name, "ok", f"{shown}; {key} is {dtype!r}{note}")
+
+
+# ---------------------------------------------------------------- disk
+
+
+def disk_parts(facts: dict, model_present: bool) -> list[tuple[str, float]]:
+    """What the run writes, in GB: only what this project's answers make (no training, no merged model)."""
+    download = float(facts.get("download_gb", DEFAULT_DOWNLOAD_GB))
+    parts = [] if model_present else [("model download", download)]
+    if facts.get("finetune_method") in ("lora", "qlora"):
+        parts.append(("merged model (2 copies)", download * MERGED_FACTOR))
+    precision = facts.get("onnx_precision", "int4")
+    if precision != "none":
+        parts.append((f"{precision} ONNX model", download * ONNX_FACTOR.get(precision, 1.0)))
+    return parts
+
+
+def disk_need_gb(facts: dict, model_present: bool) -> float:
+    return sum(size for _, size in disk_parts(facts, model_present))
+
+
+def check_disk(env: Env) -> Check:
+    model_dir = env.facts.get("model_dir")
+    present = bool(model_dir) and (project.ROOT / model_dir / "config.json").is_file()
+    parts = disk_parts(env.facts, present)
+    need = sum(size for _, size in parts)
+    free = shutil.disk_usage(project.ROOT).free / 1e9
+    if not parts:
+        return Check("disk", "ok", f"{free:.0f} GB free at {project.ROOT}; nothing large to write")
+    what = ", ".join(f"{label} {size:.1f} GB" for label, size in parts)
+    detail = f"{free:.0f} GB free at {project.ROOT}; about {need:.0f} GB needed ({what}; an estimate)"
+    if free < need:
+        return Check("disk", "fail", detail, f"free {need - free:.0f} GB there, or move the project to a larger disk")
+    return Check("disk", "ok", detail)
+
+
+# the rows of --fast, in the report's order; full mode puts the torch probe in check_torch_package's place
+FAST_CHECKS = (
+    check_python,
+    check_project,
+    check_packages,
+    check_onnxruntime_package,
+    check_genai_package,
+    check_torch_package,
+    check_driver,
+    check_gpu_memory,
+    check_bf16,
+    check_disk,
+)

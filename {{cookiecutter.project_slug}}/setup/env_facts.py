@@ -1,0 +1,258 @@
+"""What this machine and this project are, gathered once for every check of setup/check_env.py.
+
+Standard library only: the generation hook runs `check_env.py --fast` with cookiecutter's own interpreter,
+which may have no third-party package at all.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import project
+
+# A hung driver can keep nvidia-smi waiting for minutes; the hook must not.
+SMI_TIMEOUT_S = 5
+SMI_FIELDS = ("name", "memory.total", "memory.free", "compute_cap", "driver_version")
+# Used when setup/project.json cannot be read: the template's default answers.
+DEFAULT_FACTS = {
+    "base_model": "microsoft/Phi-3-mini-4k-instruct",
+    "finetune_method": "lora",
+    "compute_target": "local",
+    "execution_provider": "cuda",
+    "onnx_precision": "int4",
+    "max_seq_len": 2048,
+}
+# Each group installs into one import folder: two of a group overwrite each other's files.
+ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn")
+GENAI_PACKAGES = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml")
+METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
+
+
+@dataclass
+class Check:
+    """One row of the report."""
+
+    name: str
+    status: str  # ok | warn | fail | skip
+    detail: str
+    fix: str = ""
+
+
+def compute_label(capability: tuple[int, int]) -> str:
+    return "compute {}.{}".format(*capability)
+
+
+@dataclass
+class Gpu:
+    name: str
+    total_gib: float | None
+    free_gib: float | None
+    capability: tuple[int, int] | None
+    driver: str
+
+    def describe(self) -> str:
+        parts = [f"{self.total_gib:.0f} GiB" if self.total_gib is not None else "memory unknown"]
+        if self.capability:
+            parts.append(compute_label(self.capability))
+        return f"{self.name} ({', '.join(parts)})"
+
+
+@dataclass
+class Env:
+    """What the checks look at, gathered once."""
+
+    facts: dict
+    facts_error: str = ""
+    training: dict = field(default_factory=dict)
+    pins: dict = field(default_factory=dict)
+    pins_error: str = ""
+    installed: dict = field(default_factory=dict)
+    gpus: list = field(default_factory=list)
+    smi_error: str = ""
+    smi_fix: str = ""
+    torch: dict = field(default_factory=dict)  # what the torch probe saw; empty with --fast
+    gpus_from_torch: bool = False
+
+    @property
+    def method(self) -> str:
+        return self.facts.get("finetune_method", "lora")
+
+    @property
+    def cuda(self) -> bool:
+        return self.facts.get("execution_provider") == "cuda"
+
+    @property
+    def trains_here(self) -> bool:
+        return self.method in ("lora", "qlora") and self.facts.get("compute_target", "local") == "local"
+
+    def gpu_uses(self) -> list[str]:
+        uses = [f"{METHOD_NAMES[self.method]} training on this machine"] if self.trains_here else []
+        return uses + (["ONNX on the CUDA provider"] if self.cuda else [])
+
+    def best_gpu(self) -> Gpu | None:
+        return max(self.gpus, key=lambda gpu: gpu.free_gib or gpu.total_gib or 0, default=None)
+
+    def present(self, group: tuple[str, ...]) -> list[str]:
+        """The packages of the group that are installed, in the group's order."""
+        return [package for package in group if self.installed.get(package) is not None]
+
+
+# ---------------------------------------------------------------- packages and project files
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name) or "unknown"
+    except metadata.PackageNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a broken dist-info still means "installed"
+        return "unknown"
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+        if match:
+            pins[normalize(match.group(1))] = match.group(2)
+    return pins
+
+
+def read_training(config_path: Path, method: str) -> dict:
+    """torch_dtype and batch size of the LoRA/QLoRA pass; Olive's defaults where the config is silent."""
+    training = {"torch_dtype": "bfloat16", "batch": 1, "pass_name": method, "error": ""}
+    try:
+        passes = json.loads(config_path.read_text(encoding="utf-8"))["passes"]
+    except Exception as error:  # noqa: BLE001
+        training["error"] = f"{config_path.name} unreadable ({type(error).__name__})"
+        return training
+    for name, spec in passes.items():
+        if isinstance(spec, dict) and str(spec.get("type", "")).lower() in ("lora", "qlora"):
+            training.update(torch_dtype=spec.get("torch_dtype", "bfloat16"), pass_name=name)
+            training["batch"] = (spec.get("training_args") or {}).get("per_device_train_batch_size", 1)
+    return training
+
+
+# ---------------------------------------------------------------- GPUs through nvidia-smi
+
+
+def _smi_executable() -> str | None:
+    found = shutil.which("nvidia-smi")
+    wsl = Path("/usr/lib/wsl/lib/nvidia-smi")  # WSL keeps it off some PATHs
+    return found or (str(wsl) if wsl.is_file() else None)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # "[N/A]", "[Not Supported]"
+        return None
+
+
+def parse_smi(output: str, fields: tuple[str, ...]) -> list[Gpu]:
+    gpus = []
+    for line in filter(None, (raw.strip() for raw in output.splitlines())):
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) < len(fields):
+            raise ValueError(f"unexpected nvidia-smi output: {line[:120]!r}")
+        # a GPU name may hold a comma; every other field is the tail
+        values = dict(zip(fields[1:], parts[len(parts) - len(fields) + 1 :], strict=True))
+        values["name"] = ",".join(parts[: len(parts) - len(fields) + 1])
+        total, free = _number(values["memory.total"]), _number(values["memory.free"])
+        capability = None
+        match = re.fullmatch(r"(\d+)\.(\d+)", values.get("compute_cap", ""))
+        if match:
+            capability = (int(match.group(1)), int(match.group(2)))
+        if total is None and free is None and capability is None and not values["driver_version"][:1].isdigit():
+            raise ValueError(f"unexpected nvidia-smi output: {line[:120]!r}")
+        gpus.append(
+            Gpu(
+                values["name"],
+                None if total is None else total / 1024,
+                None if free is None else free / 1024,
+                capability,
+                values["driver_version"],
+            )
+        )
+    return gpus
+
+
+def _smi_fix(message: str) -> str:
+    if "version mismatch" in message.lower():
+        return "the driver was updated but the old kernel module is still loaded: reboot"
+    if "couldn't communicate" in message.lower() or "failed to initialize nvml" in message.lower():
+        return (
+            "the NVIDIA driver is installed but not running: reboot after a driver or kernel update, or reinstall "
+            "the driver for the running kernel; in a container, start it with GPU access (docker run --gpus all)"
+        )
+    return "run `nvidia-smi` yourself: it must list your GPU; reinstall the NVIDIA driver if it does not"
+
+
+def query_gpus() -> tuple[list[Gpu], str, str]:
+    """GPUs from nvidia-smi, or (no GPUs, what went wrong, the fix)."""
+    executable = _smi_executable()
+    if not executable:
+        fix = (
+            "install the NVIDIA driver (https://www.nvidia.com/Download/index.aspx) until `nvidia-smi` lists your "
+            "GPU; without a local NVIDIA GPU, generate the project with compute_target=azureml and "
+            "execution_provider=cpu"
+        )
+        return [], "no NVIDIA driver: nvidia-smi not found", fix
+    fields = SMI_FIELDS
+    for _ in range(2):
+        command = [executable, "--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits"]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, errors="replace", timeout=SMI_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired:
+            fix = "the driver is in a bad state: reboot, and look for NVRM errors in `dmesg`"
+            return [], f"nvidia-smi did not answer in {SMI_TIMEOUT_S} s", fix
+        except OSError as error:
+            return [], f"nvidia-smi could not run ({error})", _smi_fix("")
+        output = (done.stdout + "\n" + done.stderr).strip()
+        # drivers before R510 do not know compute_cap: ask again without it
+        if done.returncode != 0 and "compute_cap" in output and "compute_cap" in fields:
+            fields = tuple(name for name in fields if name != "compute_cap")
+            continue
+        break
+    if done.returncode != 0:
+        first = next((line.strip() for line in output.splitlines() if line.strip()), "no output")
+        return [], f"nvidia-smi failed (exit {done.returncode}): {first[:200]}", _smi_fix(output)
+    try:
+        gpus = parse_smi(done.stdout, fields)
+    except ValueError as error:
+        return [], str(error), _smi_fix("")
+    if not gpus:
+        return [], "nvidia-smi lists no GPU", _smi_fix("")
+    return gpus, "", ""
+
+
+# ---------------------------------------------------------------- all of it
+
+
+def gather() -> Env:
+    try:
+        facts = project.load()
+        if not isinstance(facts, dict):
+            raise ValueError("not a JSON object")
+        env = Env(facts=facts)
+    except Exception as error:  # noqa: BLE001 - reported by the project check
+        env = Env(facts=dict(DEFAULT_FACTS), facts_error=f"{type(error).__name__}: {error}"[:200])
+    env.training = read_training(project.OLIVE_CONFIG, env.method)
+    try:
+        env.pins = read_pins(project.ROOT / "setup" / "requirements.txt")
+    except Exception as error:  # noqa: BLE001
+        env.pins_error = f"setup/requirements.txt unreadable ({type(error).__name__})"
+    names = set(env.pins) | set(ORT_PACKAGES) | set(GENAI_PACKAGES) | {"torch", "bitsandbytes"}
+    env.installed = {name: installed_version(name) for name in sorted(names)}
+    env.gpus, env.smi_error, env.smi_fix = query_gpus()
+    return env
