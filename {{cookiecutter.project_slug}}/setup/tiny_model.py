@@ -77,10 +77,10 @@ def build_tokenizer(project: dict, dataset: Path, out: Path, vocab_size: int = 8
     return AutoTokenizer.from_pretrained(out)
 
 
-def _rope_scaling(arch: dict) -> dict | None:
+def _rope_scaling(arch: dict, head_dim: int = HIDDEN // HEADS) -> dict | None:
     if not arch["rope_scaling"]:
         return None
-    rotary_half = int(HIDDEN // HEADS * arch["partial_rotary_factor"]) // 2
+    rotary_half = int(head_dim * arch["partial_rotary_factor"]) // 2
     return {
         "type": arch["rope_scaling"],
         "short_factor": [1.0] * rotary_half,
@@ -88,22 +88,31 @@ def _rope_scaling(arch: dict) -> dict | None:
     }
 
 
-def build(project: dict, dataset: Path, out: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
+def model_config(project: dict, tokenizer, dims: dict | None = None):
+    """The Phi3Config of the base model's architecture: the tiny dimensions above unless dims overrides them.
 
-    tokenizer = build_tokenizer(project, dataset, out)
+    dims may set hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size and
+    initializer_range (setup/benchmark_train.py passes the real model's sizes).
+    """
+    from transformers import Phi3Config
+
     arch = project["architecture"]
-    config = Phi3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS // arch["key_value_heads_ratio"],
+    size = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "initializer_range": INIT_STD,
+        **(dims or {}),
+    }
+    heads = size["num_attention_heads"]
+    return Phi3Config(
+        **size,
+        num_key_value_heads=heads // arch["key_value_heads_ratio"],
         max_position_embeddings=project["context_length"],
         original_max_position_embeddings=arch["original_max_position_embeddings"],
-        rope_scaling=_rope_scaling(arch),
+        rope_scaling=_rope_scaling(arch, size["hidden_size"] // heads),
         partial_rotary_factor=arch["partial_rotary_factor"],
         tie_word_embeddings=arch["tie_word_embeddings"],
         sliding_window=arch["sliding_window"],
@@ -111,8 +120,15 @@ def build(project: dict, dataset: Path, out: Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         architectures=["Phi3ForCausalLM"],
-        initializer_range=INIT_STD,
     )
+
+
+def build(project: dict, dataset: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import Phi3ForCausalLM
+
+    tokenizer = build_tokenizer(project, dataset, out)
+    config = model_config(project, tokenizer)
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(config).to(torch.bfloat16)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
