@@ -75,9 +75,6 @@ class FakeAzure:
     unhandled: list = field(default_factory=list)
 
     # ---- what a test reads
-    def bodies(self) -> list[bytes]:
-        return [r.body for r in self.requests]
-
     def job_puts(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "PUT" and re.search(r"/jobs/[^/]+$", r.path)]
 

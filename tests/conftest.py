@@ -1,4 +1,7 @@
+import importlib.util
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +36,27 @@ def template_is_clean():
     strays = [str(p.relative_to(TEMPLATE)) for p in TEMPLATE.glob("{{cookiecutter.project_slug}}/**/*")
               if p.name in (".ruff_cache", "__pycache__", ".pytest_cache")]
     assert not strays, f"remove these from the template folder first: {strays}"
+
+
+SOCKET_GUARD = Path(__file__).resolve().parent / "socket_guard"
+
+
+def guarded(env: dict) -> dict:
+    """env for a test subprocess that loads the socket guard before anything else."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOCKET_GUARD), env.get("PYTHONPATH")]))}
+
+
+def guard_this_process(monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("socket_guard_rules", SOCKET_GUARD / "sitecustomize.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    monkeypatch.setattr(socket.socket, "connect", rules.connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", rules.connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", rules.getaddrinfo)
+
+
+def closed_endpoint() -> str:
+    """An http URL on 127.0.0.1 where nothing listens: a hub that is down, without touching the network."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"

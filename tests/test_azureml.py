@@ -11,6 +11,7 @@
 
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,43 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 from azure_fake import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FailingCredential, FakeAzure, FakeCredential
-from conftest import bake
+from conftest import bake, guard_this_process, guarded
 
 # azure-ai-ml 1.35's schemas use marshmallow APIs that marshmallow 3.x flags for 4.0
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*Marshmallow4:Warning")
 
 SECRET = "hf_SENTINEL_token_value_never_sent_0123456789"
-GUARD = '''
-import socket
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-
-def _host(address):
-    return address[0] if isinstance(address, tuple) else address
-
-
-def connect(self, address):
-    if self.family != socket.AF_UNIX and _host(address) not in LOOPBACK:
-        raise ConnectionRefusedError(f"socket guard: network access to {address} refused in tests")
-    return _connect(self, address)
-
-
-def connect_ex(self, address):
-    if self.family != socket.AF_UNIX and _host(address) not in LOOPBACK:
-        raise ConnectionRefusedError(f"socket guard: network access to {address} refused in tests")
-    return _connect_ex(self, address)
-
-
-def getaddrinfo(host, *args, **kwargs):
-    if host not in LOOPBACK and host is not None:
-        raise socket.gaierror(f"socket guard: DNS lookup of {host} refused in tests")
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
-'''
 
 
 # ---------------------------------------------------------------- fixtures
@@ -65,23 +35,14 @@ socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, c
 
 @pytest.fixture(autouse=True)
 def socket_guard(monkeypatch):
-    namespace = {}
-    exec(compile(GUARD, "socket_guard", "exec"), namespace)  # noqa: S102 - the same guard the subprocesses get
-    monkeypatch.setattr(socket.socket, "connect", namespace["connect"])
-    monkeypatch.setattr(socket.socket, "connect_ex", namespace["connect_ex"])
-    monkeypatch.setattr(socket, "getaddrinfo", namespace["getaddrinfo"])
+    guard_this_process(monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def guard_env(tmp_path_factory):
+def guard_env():
     """Environment for CLI subprocesses: the socket guard loads first, no Azure or HF identity leaks in."""
-    folder = tmp_path_factory.mktemp("guard")
-    (folder / "sitecustomize.py").write_text(GUARD, encoding="utf-8")
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE", "AZUREML", "HF_", "MSI_", "IDENTITY_"))}
-    env["PYTHONPATH"] = str(folder)
-    return env
+    return guarded({k: v for k, v in env.items() if k != "PYTHONPATH"})
 
 
 @pytest.fixture(scope="module")

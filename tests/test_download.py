@@ -12,14 +12,13 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import CONTEXT, bake, run_cli
+from conftest import CONTEXT, bake, closed_endpoint, guarded, run_cli
 from hub_server import HubServer
 
 OLD = hashlib.sha1(b"old commit").hexdigest()  # the pinned commit
@@ -50,40 +49,6 @@ UNWANTED = {
     "onnx/model.safetensors",
     "images/banner.png",
 }
-# Run in every subprocess (sitecustomize on PYTHONPATH): any connection or name lookup off the loopback fails.
-SOCKET_GUARD = """
-import socket
-
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-def _check(host):
-    if host not in _LOOPBACK:
-        raise OSError(f"socket guard: {host} is not the loopback; tests must stay offline")
-
-
-_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-
-def connect(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6):
-        _check(address[0])
-    return _connect(self, address)
-
-
-def connect_ex(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6):
-        _check(address[0])
-    return _connect_ex(self, address)
-
-
-def getaddrinfo(host, *args, **kwargs):
-    _check(host.decode() if isinstance(host, bytes) else host)
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
-"""
 
 
 def model_files(version: str) -> dict[str, bytes]:
@@ -176,10 +141,7 @@ def cli(monkeypatch, tmp_path):
     for name in list(os.environ):
         if name.startswith(("HF_", "HUGGING_FACE_")):
             monkeypatch.delenv(name)
-    guard = tmp_path / "socket-guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(SOCKET_GUARD, encoding="utf-8")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", guarded(dict(os.environ))["PYTHONPATH"])
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -389,9 +351,7 @@ def test_interrupted_run_restarts_the_file_from_zero(proj, big_hub, cli):
 
 
 def test_hub_not_running(proj, cli):
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    closed = closed_endpoint()
     started = time.monotonic()
     result = cli(proj, "--revision", OLD, endpoint=closed)
     assert_fails(result, 3, "cannot reach the Hub")

@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake, run_cli
+from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake, closed_endpoint, run_cli
 from hub_server import HubServer
 
 BAD_ANSWERS = [
@@ -143,16 +142,10 @@ def test_pins_are_the_installed_test_environment():
 # --- post-generation: it reports, it never fails generation ----------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def offline_env(tmp_path: Path, **extra: str) -> dict:
     """No real hub: a closed port on 127.0.0.1, an empty HF_HOME, no token, no virtualenv to pick up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIRTUAL_ENV"))}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf-home"),
+    env.update(HF_ENDPOINT=closed_endpoint(), HF_HOME=str(tmp_path / "hf-home"),
                HF_HUB_DISABLE_TELEMETRY="1")
     env.update(extra)
     return env

@@ -70,8 +70,6 @@ def model_paths(gen_dir: Path, base_dir: Path | None) -> dict[str, Path]:
     paths = chat.default_paths(gen_dir)
     if base_dir:
         paths["base"] = base_dir
-    elif (gen_dir / "tiny-model" / "config.json").is_file():
-        paths["base"] = gen_dir / "tiny-model"  # the smoke run trained its adapter on its own tiny model
     return paths
 
 
@@ -324,7 +322,7 @@ def benchmark(args) -> int:
         if spec["kind"] == "onnx":
             spec["dtype"] = onnx_precision(paths["onnx"])
     facts = project.load()
-    provider = args.provider or (facts["execution_provider"] if has_cuda() else "cpu")
+    provider = args.provider or (facts["execution_provider"] if chat.has_cuda() else "cpu")
     prompts = build_prompts(load_tokenizer(paths), facts, settings["prompts"], settings["prompt_tokens"])
     results = []
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
@@ -355,15 +353,6 @@ def benchmark(args) -> int:
     for r in failed:
         print(f"ERROR: {r['label']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 # ---- the worker: one backend in its own process ----

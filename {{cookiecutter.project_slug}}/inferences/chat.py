@@ -70,14 +70,24 @@ def genai_default_threads() -> int:
     return max(1, min(16, (os.cpu_count() or 2) // 2))
 
 
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def default_paths(gen_dir: Path | None = None) -> dict[str, Path]:
-    """Where fine-tuning/run.py recorded each model (gen-model/outputs.json), else where it would put it."""
+    """Where fine-tuning/run.py recorded each model (gen-model/outputs.json), else where it would put it; the
+    base model is model-cache/ unless the record names another (the smoke run's tiny model)."""
     gen_dir = gen_dir or project.GEN_MODEL
     paths = {name: gen_dir / name for name in BACKENDS}
+    paths["base"] = project.ROOT / project.load()["model_dir"]
     record = gen_dir / "outputs.json"
     if record.is_file():
         paths.update({name: Path(path) for name, path in json.loads(record.read_text(encoding="utf-8")).items()})
-    paths["base"] = project.ROOT / project.load()["model_dir"]
     return paths
 
 

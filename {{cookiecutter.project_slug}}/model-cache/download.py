@@ -100,11 +100,9 @@ def on_interrupt(signum, frame) -> None:
 def pinned_hub() -> str | None:
     """The huggingface_hub version setup/requirements.txt pins, or None where it says none."""
     try:
-        text = (project.ROOT / "setup" / "requirements.txt").read_text(encoding="utf-8")
+        return project.pins().get("huggingface-hub")
     except (OSError, UnicodeDecodeError):
         return None
-    match = re.search(r"^\s*huggingface[-_.]hub\s*==\s*([^\s;#]+)", text, re.IGNORECASE | re.MULTILINE)
-    return match.group(1) if match else None
 
 
 def _major(version: str) -> int | None:

@@ -104,10 +104,6 @@ class Env:
 # ---------------------------------------------------------------- packages and project files
 
 
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def installed_version(name: str) -> str | None:
     try:
         return metadata.version(name) or "unknown"
@@ -115,15 +111,6 @@ def installed_version(name: str) -> str | None:
         return None
     except Exception:  # noqa: BLE001 - a broken dist-info still means "installed"
         return "unknown"
-
-
-def read_pins(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
-        if match:
-            pins[normalize(match.group(1))] = match.group(2)
-    return pins
 
 
 def read_training(config_path: Path, method: str) -> dict:
@@ -249,7 +236,7 @@ def gather() -> Env:
         env = Env(facts=dict(DEFAULT_FACTS), facts_error=f"{type(error).__name__}: {error}"[:200])
     env.training = read_training(project.OLIVE_CONFIG, env.method)
     try:
-        env.pins = read_pins(project.ROOT / "setup" / "requirements.txt")
+        env.pins = project.pins()
     except Exception as error:  # noqa: BLE001
         env.pins_error = f"setup/requirements.txt unreadable ({type(error).__name__})"
     names = set(env.pins) | set(ORT_PACKAGES) | set(GENAI_PACKAGES) | {"torch", "bitsandbytes"}

@@ -6,10 +6,12 @@ text_template was rendered from the same entries, so training and inference form
 
 import json
 import os
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OLIVE_CONFIG = ROOT / "fine-tuning" / "olive-config.json"
+REQUIREMENTS = ROOT / "setup" / "requirements.txt"
 GEN_MODEL = ROOT / "gen-model"
 
 
@@ -25,6 +27,21 @@ def prompt_text(question: str, project: dict | None = None) -> str:
 
 def end_token(project: dict | None = None) -> str:
     return (project or load())["chat_format"]["end"].strip()
+
+
+def package_key(name: str) -> str:
+    """A package name as pip compares it (PEP 503): huggingface_hub and huggingface-hub are one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(path: Path = REQUIREMENTS) -> dict[str, str]:
+    """The versions setup/requirements.txt pins, by package_key; OSError when the file cannot be read."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+        if match:
+            found[package_key(match.group(1))] = match.group(2)
+    return found
 
 
 def data_files(config: dict | None = None) -> list[str]:

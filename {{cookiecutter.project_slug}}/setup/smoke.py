@@ -33,15 +33,6 @@ SMOKE_SEQ_LEN = 128
 NEW_TOKENS = 12
 
 
-def has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tuple[dict, list[str]]:
     """The project's config with only the smoke-run changes; returns it and a line per change."""
     smoke = copy.deepcopy(config)
@@ -94,7 +85,7 @@ def main(argv=None) -> int:
     timings["tiny model"] = time.perf_counter() - started
     print(f"[smoke] tiny {facts['base_model']}-shaped model in {model_dir} ({timings['tiny model']:.1f} s)")
 
-    cuda = has_cuda()
+    cuda = chat.has_cuda()
     smoke_config, changes = derive_config(config, model_dir, work, cuda)
     config_path = work / "olive-config.json"
     config_path.write_text(json.dumps(smoke_config, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -113,8 +104,11 @@ def main(argv=None) -> int:
     if question is None:
         first = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
         question = str(first[facts["question_column"]])
-    paths = chat.default_paths(work)  # as recorded by the run wrapper
-    paths["base"] = model_dir
+    # the adapter was trained on the tiny model: chat, and inferences/benchmark.py --tiny, load it from the record
+    record = work / run.OUTPUTS_RECORD
+    record.write_text(json.dumps({**json.loads(record.read_text(encoding="utf-8")), "base": str(model_dir)}, indent=2),
+                      encoding="utf-8")
+    paths = chat.default_paths(work)
     provider = None if cuda else "cpu"
     for backend_name in chat.BACKENDS:
         if backend_name not in found:

@@ -14,10 +14,15 @@ HIDDEN, LAYERS, HEADS, INTERMEDIATE = 192, 2, 3, 384
 # Wider than the usual 0.02 so that greedy decoding of the random model varies from token to token, which
 # makes the ONNX-vs-PyTorch token comparison meaningful.
 INIT_STD = 0.2
-CHAT_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
 # One pattern for every pre-tokenizer difference between transformers and onnxruntime-genai: merges never
 # cross punctuation, symbols or newlines, so both libraries split text into the same tokens.
 PUNCTUATION = r"[\p{P}\p{S}\n]"
+
+
+def chat_tokens(project: dict) -> list[str]:
+    """The special tokens of the model's chat format (setup/project.json), end-of-text first."""
+    chat = project["chat_format"]
+    return list(dict.fromkeys(chat["reserved"] + [chat[turn].strip() for turn in ("user", "assistant", "end")]))
 
 
 def _corpus(project: dict, dataset: Path) -> list[str]:
@@ -62,7 +67,7 @@ def build_tokenizer(project: dict, dataset: Path, out: Path, vocab_size: int = 8
         tokenizer.train_from_iterator(corpus, trainer)
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         settings = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in CHAT_TOKENS])
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in chat_tokens(project)])
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out / "tokenizer.json"))
     settings.update(
