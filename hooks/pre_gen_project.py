@@ -70,8 +70,8 @@ def validate(context: dict) -> list[str]:
             errors.append(f"{key}: it is empty; enter the column name of your data (e.g. Question)")
         elif FORMAT_UNSAFE.search(name) or "\n" in name:
             errors.append(
-                f"{key}: {name!r} contains a curly brace, square bracket, '.', '!', ':' or a newline, which Olive's text_template "
-                "cannot address; rename the column in your data (datasets/) and answer with the new name"
+                f"{key}: {name!r} contains a curly brace, square bracket, '.', '!', ':' or a newline, which Olive's "
+                "text_template cannot address; rename the column in your data (datasets/) and answer with the new name"
             )
         elif name != name.strip():
             errors.append(

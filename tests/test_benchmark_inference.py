@@ -3,6 +3,7 @@ a chart, and the thread setting reaching onnxruntime-genai. The figures themselv
 belong in docs/benchmarks.md, measured, not in a test."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import bake, run_cli
@@ -14,6 +15,13 @@ def smoke_project(tmp_path_factory, python):
     result = run_cli([python, "setup/smoke.py"], project, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project
+
+
+def cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text(encoding="utf-8").splitlines() if cpuinfo.is_file() else []
+    return {flag for line in lines if line.split(":")[0].strip() in ("flags", "Features")
+            for flag in line.split(":", 1)[1].split()}
 
 
 def read_report(path):
@@ -47,6 +55,9 @@ def test_tiny_benchmark_times_every_backend_on_the_same_prompts(smoke_project, p
     assert report["versions"]["onnxruntime-genai"].startswith("onnxruntime-genai ")
     assert "decode_speedup" in backends["onnx"] and backends["merged"]["decode_speedup"] == pytest.approx(1.0)
     assert (work / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # PyTorch backends on a CPU: bf16 where the CPU has bf16 instructions, float32 elsewhere
+    expected = "bfloat16" if cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"} else "float32"
+    assert backends["adapter"]["dtype"] == backends["merged"]["dtype"] == expected
     for label in backends:
         assert label in result.stdout  # the printed table
 

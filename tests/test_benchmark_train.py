@@ -62,11 +62,12 @@ def test_lora_settings_follow_the_config_and_compare_seed(projects, python):
     the seed settings say."""
     project = projects["lora"]
     spec = edit_config(project, r=16, alpha=32.0, lora_dropout=0.05, gradient_accumulation_steps=2)
-    summary = run_benchmark(python, project, "--tiny", "--compare", "seed")
+    b2 = "b2:per_device_train_batch_size=2,gradient_checkpointing=false"
+    summary = run_benchmark(python, project, "--tiny", "--compare", "seed", "--compare", b2)
 
-    assert [run["label"] for run in summary["runs"]] == ["seed", "config"]
-    seed, config = summary["runs"]
-    for run in (seed, config):
+    assert [run["label"] for run in summary["runs"]] == ["seed", "b2", "config"]
+    seed, two, config = summary["runs"]
+    for run in (seed, two, config):
         settings = run["settings"]
         assert settings["peft"] == {
             "r": 16,
@@ -92,9 +93,17 @@ def test_lora_settings_follow_the_config_and_compare_seed(projects, python):
     assert seed["settings"]["trainer"]["gradient_checkpointing"] is False
     assert seed["settings"]["trainer"]["per_device_train_batch_size"] == 1
     assert seed["results"]["hardware_flops_per_token"] == 4 * seed["results"]["base_parameters"]
+    assert two["overrides"] == [
+        "data.max_seq_len=128",
+        "training_args.per_device_train_batch_size=2",
+        "training_args.gradient_checkpointing=false",
+    ]
+    assert two["settings"]["trainer"]["per_device_train_batch_size"] == 2
+    assert two["settings"]["trainer"]["gradient_checkpointing"] is False
+    assert two["settings"]["trainer"]["torch_compile"] is False  # recorded for every run, as bf16 is
     assert summary["device"]["kind"] == "cpu" and summary["versions"]["olive-ai"]
     header = next(line for line in summary["stdout"].splitlines() if line.strip().startswith("seed"))
-    assert header.split() == ["seed", "config"]
+    assert header.split() == ["seed", "b2", "config"]
     assert "tokens/s" in summary["stdout"] and "peak memory GiB" in summary["stdout"]
 
 
@@ -116,6 +125,23 @@ def test_qlora_adapts_every_4bit_linear_with_olives_defaults(projects, python):
     assert settings["trainer"]["gradient_accumulation_steps"] == 1
     assert run["results"]["tokens_per_step"] == 2 * 1 * 128
     assert_sane(run)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("b4", "expected seed, config or LABEL:KEY=VALUE"),
+        ("b 4:per_device_train_batch_size=4", "start with a label"),
+        ("b4:per_device_train_batch_size", "--compare b4:per_device_train_batch_size: expected KEY=VALUE"),
+        ("config:", "expected seed, config or LABEL:KEY=VALUE"),
+    ],
+)
+def test_a_malformed_compare_is_one_error_before_any_work(projects, python, item, message):
+    result = benchmark(python, projects["lora"], "--tiny", "--compare", item)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: ") and message in lines[0], lines
+    assert "[benchmark]" not in result.stdout
 
 
 def test_a_convert_only_project_says_it_does_not_train(projects, python):

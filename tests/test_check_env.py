@@ -125,6 +125,14 @@ def row(stdout: str, name: str) -> tuple[str, str]:
 SETUP_MODULES = ("project", "env_facts", "env_checks", "env_probes")
 
 
+def counted(found: dict) -> str:
+    """The summary's opening, "N problems[, M warnings]": a busy machine's low free RAM is a warning."""
+    failed = sum(check["status"] == "fail" for check in found.values())
+    warned = sum(check["status"] == "warn" for check in found.values())
+    opening = f"{failed} problem{'s' * (failed != 1)}"
+    return opening + (f", {warned} warning{'s' * (warned != 1)}" if warned else "")
+
+
 def load_modules(project: Path) -> dict:
     """The generated check_env.py and the modules it imports, by name.
 
@@ -218,8 +226,9 @@ def test_full_mode_with_no_third_party_packages(projects, bare_python):
         assert found[name]["detail"].endswith(f"; same cause as {package}, see its fix"), found[name]
     assert "import failed" in found["bitsandbytes"]["detail"]
     assert "bitsandbytes" in found["packages"]["detail"]
+    assert counted(found).startswith("5 problems")
     assert payload["summary"].startswith(
-        "5 problems: packages, onnxruntime package, onnxruntime-genai package, torch, nvidia driver; "
+        f"{counted(found)}: packages, onnxruntime package, onnxruntime-genai package, torch, nvidia driver; "
     )
 
 
@@ -267,10 +276,10 @@ def test_json_matches_the_table(projects, qlora_full, mode):
     failed = [name for name, check in found.items() if check["status"] == "fail"]
     last = table.strip().splitlines()[-1]
     tail = " (--fast: torch, onnxruntime, bitsandbytes not imported; run `python setup/check_env.py`)" * bool(mode)
-    assert last == f"{len(failed)} problems: fix each one above, then run this again.{tail}"
+    assert last == f"{counted(found)}: fix each one above, then run this again.{tail}"
     # JSON has no "above": its summary names the checks
     assert payload["summary"] == (
-        f"{len(failed)} problems: {', '.join(failed)}; apply the fix of each, then run `python setup/check_env.py` "
+        f"{counted(found)}: {', '.join(failed)}; apply the fix of each, then run `python setup/check_env.py` "
         f"again.{tail}"
     )
 
@@ -487,7 +496,7 @@ def test_one_cause_is_one_problem(projects):
     found, payload = checks(projects["lora_cuda"])
     failed = {name: check for name, check in found.items() if check["status"] == "fail"}
     assert set(failed) == {"onnxruntime package", "onnxruntime-genai package", "torch", "nvidia driver"}
-    assert payload["summary"].startswith("4 problems: ")
+    assert payload["summary"].startswith(f"{counted(found)}: ") and counted(found).startswith("4 problems")
     fixes = [check["fix"] for check in failed.values()]
     assert len(set(fixes)) == len(fixes), "one fix, one row"
     for name in ("onnxruntime session", "onnxruntime-genai"):
@@ -524,11 +533,12 @@ def test_cuda_provider_that_fails_to_load_is_caught_by_the_session(projects, tmp
 def test_disk_estimate(projects):
     env_checks = load_modules(projects["lora_cuda"])["env_checks"]
     facts = {"finetune_method": "lora", "onnx_precision": "int4", "download_gb": 10.0}
-    assert env_checks.disk_need_gb(facts, model_present=False) == pytest.approx(35.0)  # 1 + 2 merged + 0.5 int4
-    assert env_checks.disk_need_gb(facts, model_present=True) == pytest.approx(25.0)
-    assert env_checks.disk_need_gb({**facts, "finetune_method": "none"}, False) == pytest.approx(15.0)
+    # 1 download + 2 merged + 0.3 4-bit PyTorch + 2 x 0.35 int4 ONNX (Olive's cache and gen-model/onnx)
+    assert env_checks.disk_need_gb(facts, model_present=False) == pytest.approx(40.0)
+    assert env_checks.disk_need_gb(facts, model_present=True) == pytest.approx(30.0)
+    assert env_checks.disk_need_gb({**facts, "finetune_method": "none"}, False) == pytest.approx(20.0)
     assert env_checks.disk_need_gb({"finetune_method": "none", "onnx_precision": "fp32"}, False) == pytest.approx(
-        3 * env_checks.DEFAULT_DOWNLOAD_GB
+        5 * env_checks.DEFAULT_DOWNLOAD_GB
     )
 
 
@@ -541,9 +551,18 @@ def disk_detail(project: Path, **facts) -> str:
 @pytest.mark.parametrize(
     ("method", "precision", "parts"),
     [
-        ("lora", "int4", "model download 10.0 GB, merged model (2 copies) 20.0 GB, int4 ONNX model 5.0 GB"),
-        ("qlora", "fp32", "model download 10.0 GB, merged model (2 copies) 20.0 GB, fp32 ONNX model 20.0 GB"),
-        ("none", "int4", "model download 10.0 GB, int4 ONNX model 5.0 GB"),
+        (
+            "lora",
+            "int4",
+            "model download 10.0 GB, merged model (2 copies) 20.0 GB, int4 PyTorch model 3.0 GB, "
+            "int4 ONNX model (2 copies) 7.0 GB",
+        ),
+        (
+            "qlora",
+            "fp32",
+            "model download 10.0 GB, merged model (2 copies) 20.0 GB, fp32 ONNX model (2 copies) 40.0 GB",
+        ),
+        ("none", "int4", "model download 10.0 GB, int4 PyTorch model 3.0 GB, int4 ONNX model (2 copies) 7.0 GB"),
         ("lora", "none", "model download 10.0 GB, merged model (2 copies) 20.0 GB"),
         ("none", "none", "model download 10.0 GB"),
     ],
@@ -560,7 +579,8 @@ def test_disk_detail_without_the_download(projects, tmp_path):
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}", encoding="utf-8")
     facts = {"model_dir": str(model.relative_to(project)), "finetune_method": "none"}
-    assert disk_detail(project, **facts, onnx_precision="fp16").endswith("(fp16 ONNX model 10.0 GB; an estimate)")
+    fp16 = disk_detail(project, **facts, onnx_precision="fp16")
+    assert fp16.endswith("(fp16 ONNX model (2 copies) 20.0 GB; an estimate)")
     assert disk_detail(project, **facts, onnx_precision="none").endswith("; nothing large to write")
 
 
@@ -569,3 +589,81 @@ def test_no_jinja_in_the_template_files(name):
     setup = Path(__file__).resolve().parent.parent / "{{cookiecutter.project_slug}}" / "setup"
     text = (setup / name).read_text("utf-8")
     assert not any(sequence in text for sequence in ("{{", "}}", "{%", "%}", "{#"))
+
+
+# ---------------------------------------------------------------- host RAM
+
+
+def meminfo_gib(name: str) -> float:
+    for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) / 1024**2
+    raise AssertionError(name)
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="reads /proc/meminfo")
+@pytest.mark.skipif(Path("/sys/fs/cgroup/memory.max").is_file(), reason="a cgroup limit may replace the machine's RAM")
+def test_host_ram_row_reads_this_machine(projects):
+    found, _ = checks(projects["lora_cpu"], "--fast")
+    ram = found["host ram"]
+    assert ram["detail"].startswith(f"{meminfo_gib('MemTotal'):.1f} GiB, ")
+    assert ram["detail"].endswith("; building the int4 ONNX model peaks at about 10.9 GiB (measured, 3.8 B model)")
+    assert ram["status"] == ("ok" if meminfo_gib("MemAvailable") >= 10.9 else "warn"), ram
+    azure, _ = checks(projects["azure_cpu"], "--fast")
+    assert azure["host ram"] == {
+        "name": "host ram", "status": "skip", "detail": "the workflow runs on Azure ML", "fix": ""
+    }
+
+
+@pytest.mark.parametrize(
+    ("facts", "total", "available", "status", "detail", "fix"),
+    [
+        (
+            {"finetune_method": "lora", "onnx_precision": "int4"}, 8.0, 7.5, "fail",
+            "8.0 GiB, 7.5 GiB available; building the int4 ONNX model peaks at about 10.9 GiB",
+            "run the workflow on a machine with at least 10.9 GiB of RAM, or generate the project with "
+            "compute_target=azureml",
+        ),
+        (
+            {"finetune_method": "qlora", "onnx_precision": "fp32"}, 15.6, 15.0, "fail",
+            "15.6 GiB, 15.0 GiB available; building the fp32 ONNX model peaks at about 16.3 GiB",
+            "run the workflow on a machine with at least 16.3 GiB of RAM, or generate the project with "
+            "onnx_precision=int4 (about 10.9 GiB) or compute_target=azureml",
+        ),
+        (
+            {"finetune_method": "lora", "onnx_precision": "none"}, 31.3, 5.0, "warn",
+            "31.3 GiB, 5.0 GiB available; merging the adapter peaks at about 7.7 GiB",
+            "close programs to free about 2.7 GiB before fine-tuning/run.py",
+        ),
+        (
+            {"finetune_method": "none", "onnx_precision": "fp32"}, 31.3, 30.0, "ok",
+            "31.3 GiB, 30.0 GiB available; building the fp32 ONNX model peaks at about 16.3 GiB", "",
+        ),
+        ({"finetune_method": "none", "onnx_precision": "none"}, 4.0, 1.0, "skip", "no merge and no ONNX build", ""),
+    ],
+)
+def test_host_ram_judgement(projects, facts, total, available, status, detail, fix):
+    modules = load_modules(projects["lora_cuda"])
+    memory = modules["env_facts"].HostMemory(total, available, "/proc/meminfo")
+    check = modules["env_checks"].check_host_ram(modules["env_facts"].Env(facts=facts, memory=memory))
+    assert (check.status, check.fix) == (status, fix)
+    assert check.detail.startswith(detail), check.detail
+
+
+def test_host_ram_follows_a_container_limit(projects, tmp_path, monkeypatch):
+    modules = load_modules(projects["lora_cuda"])
+    env_facts = modules["env_facts"]
+    monkeypatch.setattr(env_facts, "CGROUP", tmp_path)
+    (tmp_path / "memory.max").write_text("max\n", encoding="ascii")
+    (tmp_path / "memory.current").write_text(f"{2 * 1024**3}\n", encoding="ascii")
+    unlimited = env_facts.host_memory()
+    assert unlimited.source != "cgroup memory.max"
+    (tmp_path / "memory.max").write_text(f"{6 * 1024**3}\n", encoding="ascii")
+    limited = env_facts.host_memory()
+    assert (limited.total_gib, limited.source) == (6.0, "cgroup memory.max")
+    assert limited.available_gib == pytest.approx(min(4.0, unlimited.available_gib or 4.0), abs=0.5)
+    memory = env_facts.HostMemory(6.0, 4.0, "cgroup memory.max")
+    detail = modules["env_checks"].check_host_ram(
+        env_facts.Env(facts={"finetune_method": "lora", "onnx_precision": "int4"}, memory=memory)
+    ).detail
+    assert detail.startswith("6.0 GiB (container limit), 4.0 GiB available; ")

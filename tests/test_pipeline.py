@@ -2,6 +2,7 @@
 
 import json
 
+import onnx
 import pytest
 from conftest import bake, run_cli
 
@@ -51,6 +52,18 @@ def test_smoke_pipeline_trains_merges_builds_and_answers(smoke, method, family, 
     assert set(adapter["target_modules"]) == expected
     genai = json.loads((work / "onnx/genai_config.json").read_text(encoding="utf-8"))
     assert genai["model"]["decoder"]["session_options"]["provider_options"] == []  # CPU provider
+    graph = onnx.load(work / "onnx/model.onnx", load_external_data=False).graph
+    matmuls = {node.name: node for node in graph.node if node.op_type.startswith("MatMul")}
+    passes = [node["from_pass"] for node in json.loads((work / "onnx/footprint.json").read_text("utf-8")).values()]
+    if precision == "int4":
+        # Olive's Rtn pass made the 4-bit weights, lm_head included; ModelBuilder only wrote them out
+        assert "rtn" in {name.lower() for name in passes if name}
+        assert {node.op_type for node in matmuls.values()} == {"MatMulNBits"}
+        assert any(name.startswith("/lm_head/") for name in matmuls)
+        blocks = {attr.i for node in matmuls.values() for attr in node.attribute if attr.name == "block_size"}
+        assert blocks == {32}
+    else:
+        assert {node.op_type for node in matmuls.values()} == {"MatMul"}
 
     answers = summary["answers"]
     assert set(answers) == {"adapter", "merged", "onnx"}
@@ -128,3 +141,16 @@ def test_chat_cli_streams_an_answer_from_the_smoke_model(smoke, python):
     )
     assert repl.returncode == 0, repl.stderr
     assert repl.stdout.count("model> ") == 2
+    both = []
+    for dtype in ("float32", "bfloat16"):
+        done = run_cli(
+            [python, "inferences/chat.py", "--backend", "merged", "--gen-dir", gen, "--prompt", "Hello?",
+             "--max-new-tokens", "3", "--dtype", dtype], project,
+        )
+        assert done.returncode == 0, done.stderr
+        both.append(done.stdout)
+    assert all(out.strip() for out in both)
+    wrong = run_cli([python, "inferences/chat.py", "--backend", "onnx", "--gen-dir", gen, "--prompt", "Hi",
+                     "--dtype", "float32"], project)
+    assert wrong.returncode == 2 and "--dtype is for the adapter and merged backends" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

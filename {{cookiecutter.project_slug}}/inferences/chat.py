@@ -47,6 +47,30 @@ def default_threads() -> int:
     return max(1, min(len(cores), _cgroup_cpu_limit() or len(cores)))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (x86 AVX512-BF16 or AMX, Arm BF16); Linux only, else False."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def default_torch_dtype(device: str) -> str:
+    """bfloat16 on a GPU and on a CPU with bf16 instructions, float32 on other CPUs.
+
+    Measured on a 2-core Xeon with AMX and a Phi-3-mini-sized model: bf16 decoded 1.53 tokens/s at a 7.5 GiB
+    peak, float32 1.32 tokens/s at 21.2 GiB (loading the bf16 checkpoint into float32 doubles it, and more).
+    Where the CPU lacks bf16 instructions, torch has no fast bf16 matmul, so float32 stays.
+    """
+    return "bfloat16" if device == "cuda" or cpu_has_bf16() else "float32"
+
+
 def _physical_cores_fallback() -> int:
     try:
         import psutil  # installed with accelerate
@@ -122,10 +146,7 @@ class TorchBackend:
         if self.device == "cpu" and threads > 0:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads() if self.device == "cpu" else None
-        if dtype:
-            dtype = getattr(torch, dtype)
-        else:
-            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = getattr(torch, dtype or default_torch_dtype(self.device))
         self.dtype = str(dtype).removeprefix("torch.")
         if kind == "adapter":
             from peft import PeftModel
@@ -268,12 +289,16 @@ def main(argv=None) -> int:
     parser.add_argument("--gen-dir", type=Path, help="folder holding adapter/, merged/, onnx/ (default gen-model/)")
     parser.add_argument("--provider", choices=("cpu", "cuda"), help="ONNX execution provider (default: project's)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores; 0: the library's default)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                        help="adapter/merged weights (default: bfloat16 on a GPU or a CPU with bf16, else float32)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 0:
         parser.error("--threads must be 0 (the library's default) or more")
     try:
         started = time.perf_counter()
-        backend = load_backend(args.backend, default_paths(args.gen_dir), args.provider, args.threads)
+        if args.dtype and args.backend == "onnx":
+            parser.error("--dtype is for the adapter and merged backends; the ONNX model has its own precision")
+        backend = load_backend(args.backend, default_paths(args.gen_dir), args.provider, args.threads, args.dtype)
         print(f"[{args.backend} model loaded in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
     except MissingModel as error:
         print(f"ERROR: {error}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
     python setup/benchmark_train.py                    # full-size random model of the base model (CUDA GPU)
     python setup/benchmark_train.py --compare seed     # the CookBook seed settings, then this config's
+    python setup/benchmark_train.py --compare seed --compare b4:per_device_train_batch_size=4,max_seq_len=1024
     python setup/benchmark_train.py --set per_device_train_batch_size=4 --set gradient_checkpointing=false
     python setup/benchmark_train.py --tiny             # tiny model, seconds on a CPU
     python setup/benchmark_train.py --json gen-model/benchmark-train.json
@@ -121,6 +122,44 @@ def parse_set(item: str) -> tuple[str, str, object]:
     if not dot:
         where = "data" if name in DATA_KEYS else "pass" if name in PASS_KEYS else "training_args"
     return where, name, parse_value(value.strip())
+
+
+def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
+    """--compare items -> (label, KEY=VALUE overrides) per run, in order, with the config's own run last.
+
+    'seed' is the CookBook's settings, 'config' the config as it is, and LABEL:KEY=VALUE,KEY=VALUE any other set
+    of overrides (a comma starts a new override only before KEY=, so JSON lists survive).
+    """
+    plans, labels = [], set()
+    for item in items:
+        label, sep, rest = item.partition(":")
+        label = label.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise BenchmarkError(f"--compare {item}: start with a label of letters, digits, '.', '_' or '-'")
+        if label in labels:
+            raise BenchmarkError(f"--compare {item}: the label {label!r} is used twice")
+        labels.add(label)
+        if label == "seed" and not sep:
+            seed = dict(SEED, max_seq_len=TINY_SEQ_LEN) if tiny else SEED
+            sets = [f"{k}={json.dumps(v)}" for k, v in seed.items()]
+        elif label == "config" and not sep:
+            sets = []
+        elif sep and rest.strip():
+            sets = [part.strip() for part in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", rest)]
+            for part in sets:
+                try:
+                    parse_set(part)
+                except BenchmarkError as error:  # its message names --set
+                    raise BenchmarkError(f"--compare {item}: {str(error).partition(': ')[2]}") from None
+        else:
+            raise BenchmarkError(
+                f"--compare {item}: expected seed, config or LABEL:KEY=VALUE[,KEY=VALUE...], "
+                "e.g. b4:per_device_train_batch_size=4,gradient_checkpointing=false"
+            )
+        plans.append((label, sets))
+    if "config" not in labels:
+        plans.append(("config", []))
+    return plans
 
 
 def training_pass(config: dict) -> tuple[str, dict]:
@@ -388,6 +427,7 @@ def describe_training(args, model) -> dict:
         "bf16",
         "fp16",
         "tf32",
+        "torch_compile",
         "learning_rate",
         "lr_scheduler_type",
         "max_grad_norm",
@@ -631,6 +671,10 @@ def _flops(value: float) -> str:
     return f"{value / 1e12:.2f} T" if value >= 1e11 else f"{value / 1e9:.2f} G"
 
 
+def _on(flag) -> str:
+    return "on" if flag else "off"
+
+
 def report_rows(run: dict) -> list[tuple[str, str]]:
     s, r = run["settings"], run["results"]
     trainer, peft = s["trainer"], s["peft"]
@@ -645,7 +689,8 @@ def report_rows(run: dict) -> list[tuple[str, str]]:
             f"{trainer['per_device_train_batch_size']} x "
             f"{trainer['gradient_accumulation_steps']} x {s['data']['max_seq_len']}",
         ),
-        ("gradient checkpointing", "on" if trainer["gradient_checkpointing"] else "off"),
+        ("gradient checkpointing", _on(trainer["gradient_checkpointing"])),
+        ("bf16 autocast / compile", f"{_on(trainer['bf16'])} / {_on(trainer.get('torch_compile'))}"),
         ("optimizer", trainer["optim"]),
         ("tokens/s", _rate(r["tokens_per_s"])),
         ("s per step", f"{r['timed_seconds'] / len(r['step_seconds']):.3f}"),
@@ -719,8 +764,7 @@ def _child_command(args, model_dir: Path, label: str, extra_sets: list, result: 
 
 
 def compare_runs(args, model_dir: Path) -> list:
-    seed = dict(SEED, max_seq_len=TINY_SEQ_LEN) if args.tiny else SEED
-    plans = [("seed", [f"{k}={json.dumps(v)}" for k, v in seed.items()]), ("config", [])]
+    plans = parse_compare(args.compare, args.tiny)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for label, extra in plans:
@@ -752,9 +796,12 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--compare",
-        choices=["seed"],
-        help="run the CookBook seed settings (batch 1, no gradient "
-        "checkpointing, seq 2048) and then the config's, each in its own process",
+        action="append",
+        default=[],
+        metavar="seed|LABEL:KEY=VALUE,...",
+        help="one more column, run in its own process before the config's own run: 'seed' is the CookBook's "
+        "settings (batch 1, no gradient checkpointing, seq 2048), LABEL:KEY=VALUE,... the config with those "
+        "overrides (as --set); repeat it for more columns",
     )
     parser.add_argument("--json", type=Path, help="write every figure, the device, versions and settings here")
     parser.add_argument(
@@ -804,6 +851,7 @@ def main(argv=None) -> int:
         config = json.loads(args.config.read_text(encoding="utf-8"))
         training_pass(config)
         all_sets(args)
+        parse_compare(args.compare, args.tiny)
         refuse_cpu(args, facts)
         model_dir = args.model_dir
         if model_dir is None:

@@ -23,10 +23,17 @@ NEED_GIB = {
 }
 MEASURED_SEQ_LEN = 2048
 # Disk, in multiples of the model's download (an estimate): Olive's cache keeps the merged model and
-# fine-tuning/run.py copies it into gen-model/merged; the ONNX model's size follows its precision.
+# fine-tuning/run.py copies it into gen-model/merged; the ONNX model stays in the cache too when Olive copies it
+# to gen-model/onnx, and its size follows its precision (int4 measured: 2.72 GB from a 7.7 GB download, after
+# a 2.29 GB 4-bit PyTorch model from the Rtn pass).
 MERGED_FACTOR = 2.0
-ONNX_FACTOR = {"int4": 0.5, "fp16": 1.0, "fp32": 2.0, "none": 0.0}
+ONNX_FACTOR = {"int4": 0.35, "fp16": 1.0, "fp32": 2.0, "none": 0.0}
+QUANTIZED_FACTOR = {"int4": 0.3}
 DEFAULT_DOWNLOAD_GB = 7.7  # Phi-3-mini's safetensors
+# Peak host RAM (GiB, the process's peak RSS) of the workflow's heaviest steps, measured with /usr/bin/time on
+# a 3.82 B Phi-3-mini-shaped model, olive-ai 0.13.0, onnxruntime-genai 0.14.1 (docs/benchmarks.md). int4 is
+# Olive's Rtn pass then ModelBuilder: quantizing the builder's fp32 graph instead peaked above 24 GiB.
+HOST_RAM_GIB = {"merge": 7.7, "int4": 10.9, "fp16": 9.5, "fp32": 16.3}
 # torch and the onnxruntime packages have rows of their own; one missing package, one problem
 OWN_ROWS = {"torch", *ORT_PACKAGES, *GENAI_PACKAGES}
 PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
@@ -248,6 +255,46 @@ def check_bf16(env: Env) -> Check:
     return Check(name, "ok", f"{shown}; {key} is {dtype!r}{note}")
 
 
+# ---------------------------------------------------------------- host RAM
+
+
+def host_ram_steps(facts: dict) -> list[tuple[str, float]]:
+    """The heavy steps this project's workflow runs, with their measured peak RAM in GiB."""
+    steps = []
+    if facts.get("finetune_method") in ("lora", "qlora"):
+        steps.append(("merging the adapter", HOST_RAM_GIB["merge"]))
+    precision = facts.get("onnx_precision", "int4")
+    if precision in HOST_RAM_GIB:
+        steps.append((f"building the {precision} ONNX model", HOST_RAM_GIB[precision]))
+    return steps
+
+
+def check_host_ram(env: Env) -> Check:
+    name = "host ram"
+    if env.facts.get("compute_target", "local") != "local":
+        return Check(name, "skip", "the workflow runs on Azure ML")
+    steps = host_ram_steps(env.facts)
+    if not steps:
+        return Check(name, "skip", "no merge and no ONNX build in this workflow")
+    if env.memory is None:
+        return Check(name, "skip", "could not read this machine's memory size")
+    step, need = max(steps, key=lambda item: item[1])
+    memory = env.memory
+    have = f"{memory.total_gib:.1f} GiB" + (" (container limit)" if memory.source.startswith("cgroup") else "")
+    if memory.available_gib is not None:
+        have += f", {memory.available_gib:.1f} GiB available"
+    detail = f"{have}; {step} peaks at about {need:g} GiB (measured, 3.8 B model)"
+    if memory.total_gib < need:
+        int4 = HOST_RAM_GIB["int4"]
+        smaller = f"onnx_precision=int4 (about {int4:g} GiB) or " * (int4 < memory.total_gib and "int4" not in step)
+        fix = f"run the workflow on a machine with at least {need:g} GiB of RAM, or generate the project with "
+        return Check(name, "fail", detail, fix + smaller + "compute_target=azureml")
+    if memory.available_gib is not None and memory.available_gib < need:
+        free = need - memory.available_gib
+        return Check(name, "warn", detail, f"close programs to free about {free:.1f} GiB before fine-tuning/run.py")
+    return Check(name, "ok", detail)
+
+
 # ---------------------------------------------------------------- disk
 
 
@@ -258,8 +305,10 @@ def disk_parts(facts: dict, model_present: bool) -> list[tuple[str, float]]:
     if facts.get("finetune_method") in ("lora", "qlora"):
         parts.append(("merged model (2 copies)", download * MERGED_FACTOR))
     precision = facts.get("onnx_precision", "int4")
+    if precision in QUANTIZED_FACTOR:
+        parts.append((f"{precision} PyTorch model", download * QUANTIZED_FACTOR[precision]))
     if precision != "none":
-        parts.append((f"{precision} ONNX model", download * ONNX_FACTOR.get(precision, 1.0)))
+        parts.append((f"{precision} ONNX model (2 copies)", 2 * download * ONNX_FACTOR.get(precision, 1.0)))
     return parts
 
 
@@ -293,5 +342,6 @@ FAST_CHECKS = (
     check_driver,
     check_gpu_memory,
     check_bf16,
+    check_host_ram,
     check_disk,
 )

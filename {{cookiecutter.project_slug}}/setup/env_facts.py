@@ -5,6 +5,7 @@ which may have no third-party package at all.
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -62,6 +63,15 @@ class Gpu:
 
 
 @dataclass
+class HostMemory:
+    """RAM this process can use: the machine's, or a container's cgroup limit when that is lower."""
+
+    total_gib: float
+    available_gib: float | None
+    source: str
+
+
+@dataclass
 class Env:
     """What the checks look at, gathered once."""
 
@@ -76,6 +86,7 @@ class Env:
     smi_fix: str = ""
     torch: dict = field(default_factory=dict)  # what the torch probe saw; empty with --fast
     gpus_from_torch: bool = False
+    memory: HostMemory | None = None
 
     @property
     def method(self) -> str:
@@ -223,6 +234,53 @@ def query_gpus() -> tuple[list[Gpu], str, str]:
     return gpus, "", ""
 
 
+# ---------------------------------------------------------------- host RAM
+
+GIB = 1024**3
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's limit is not in /proc/meminfo
+
+
+def _meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, float]:
+    values = {}
+    for line in path.read_text(encoding="ascii", errors="replace").splitlines():
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[name] = int(fields[0]) * 1024 / GIB  # meminfo counts kB
+    return values
+
+
+def _cgroup_limit() -> tuple[float, float] | None:
+    """(limit, in use) in GiB when this process runs under a cgroup v2 memory limit."""
+    try:
+        limit = (CGROUP / "memory.max").read_text(encoding="ascii").strip()
+        if not limit.isdigit():  # "max": no limit
+            return None
+        return int(limit) / GIB, int((CGROUP / "memory.current").read_text(encoding="ascii").strip()) / GIB
+    except (OSError, ValueError):
+        return None
+
+
+def host_memory() -> HostMemory | None:
+    try:
+        info = _meminfo()
+        memory = HostMemory(info["MemTotal"], info.get("MemAvailable"), "/proc/meminfo")
+    except (OSError, KeyError):
+        try:  # macOS and other POSIX systems without /proc
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+        except (AttributeError, OSError, ValueError):
+            return None  # Windows: the row is skipped
+        return HostMemory(total, None, "sysconf")
+    cgroup = _cgroup_limit()
+    if cgroup and cgroup[0] < memory.total_gib:
+        limit, used = cgroup
+        available = max(limit - used, 0.0)
+        if memory.available_gib is not None:
+            available = min(available, memory.available_gib)
+        memory = HostMemory(limit, available, "cgroup memory.max")
+    return memory
+
+
 # ---------------------------------------------------------------- all of it
 
 
@@ -242,4 +300,5 @@ def gather() -> Env:
     names = set(env.pins) | set(ORT_PACKAGES) | set(GENAI_PACKAGES) | {"torch", "bitsandbytes"}
     env.installed = {name: installed_version(name) for name in sorted(names)}
     env.gpus, env.smi_error, env.smi_fix = query_gpus()
+    env.memory = host_memory()
     return env

@@ -114,7 +114,8 @@ def main(argv=None) -> int:
         if backend_name not in found:
             continue
         started = time.perf_counter()
-        backend = chat.load_backend(backend_name, paths, provider)
+        # float32 PyTorch: the reference the fp32 ONNX model must match token for token
+        backend = chat.load_backend(backend_name, paths, provider, dtype=None if backend_name == "onnx" else "float32")
         print(f"[smoke] {backend_name} answers {question!r}: ", end="", flush=True)
         ids = chat.answer(backend, question, NEW_TOKENS)
         timings[f"answer ({backend_name})"] = time.perf_counter() - started
