@@ -107,7 +107,7 @@ def next_steps(root: Path, context: dict, download_note: str | None, data_ready:
         "Next steps (run them from the project folder):",
         f"  cd {root}",
         "  python -m pip install -r setup/requirements.txt",
-        "  python setup/check_env.py                 # GPU, CUDA, packages, disk: what is missing and how to fix it",
+        "  python setup/check_env.py                 # GPU, CUDA, packages, RAM, disk: what is missing, how to fix it",
         "  python setup/smoke.py                     # offline: the whole workflow on a tiny model",
     ]
     if trains:

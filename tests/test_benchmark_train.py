@@ -132,8 +132,9 @@ def test_qlora_adapts_every_4bit_linear_with_olives_defaults(projects, python):
     [
         ("b4", "expected seed, config or LABEL:KEY=VALUE"),
         ("b 4:per_device_train_batch_size=4", "start with a label"),
-        ("b4:per_device_train_batch_size", "--compare b4:per_device_train_batch_size: expected KEY=VALUE"),
-        ("config:", "expected seed, config or LABEL:KEY=VALUE"),
+        ("b4:per_device_train_batch_size", "'per_device_train_batch_size' is not KEY=VALUE"),
+        ("config:max_seq_len=64", "'config' names fixed settings; give the overrides another label"),
+        ("b4:", "expected seed, config or LABEL:KEY=VALUE"),
     ],
 )
 def test_a_malformed_compare_is_one_error_before_any_work(projects, python, item, message):

@@ -125,6 +125,12 @@ def row(stdout: str, name: str) -> tuple[str, str]:
 SETUP_MODULES = ("project", "env_facts", "env_checks", "env_probes")
 
 
+def skip_on_a_small_machine(found: dict) -> None:
+    """An exact list of problems holds on a machine with the RAM the workflow needs (CI's has 24 GiB)."""
+    if found["host ram"]["status"] == "fail" or found["disk"]["status"] == "fail":
+        pytest.skip(f"this machine is short of RAM or disk: {found['host ram']['detail']}")
+
+
 def counted(found: dict) -> str:
     """The summary's opening, "N problems[, M warnings]": a busy machine's low free RAM is a warning."""
     failed = sum(check["status"] == "fail" for check in found.values())
@@ -226,6 +232,7 @@ def test_full_mode_with_no_third_party_packages(projects, bare_python):
         assert found[name]["detail"].endswith(f"; same cause as {package}, see its fix"), found[name]
     assert "import failed" in found["bitsandbytes"]["detail"]
     assert "bitsandbytes" in found["packages"]["detail"]
+    skip_on_a_small_machine(found)
     assert counted(found).startswith("5 problems")
     assert payload["summary"].startswith(
         f"{counted(found)}: packages, onnxruntime package, onnxruntime-genai package, torch, nvidia driver; "
@@ -494,6 +501,7 @@ class InferenceSession:
 def test_one_cause_is_one_problem(projects):
     """This machine's CPU onnxruntime packages in a cuda project: each cause counted once, its fix given once."""
     found, payload = checks(projects["lora_cuda"])
+    skip_on_a_small_machine(found)
     failed = {name: check for name, check in found.items() if check["status"] == "fail"}
     assert set(failed) == {"onnxruntime package", "onnxruntime-genai package", "torch", "nvidia driver"}
     assert payload["summary"].startswith(f"{counted(found)}: ") and counted(found).startswith("4 problems")
@@ -601,14 +609,18 @@ def meminfo_gib(name: str) -> float:
     raise AssertionError(name)
 
 
-@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="reads /proc/meminfo")
-@pytest.mark.skipif(Path("/sys/fs/cgroup/memory.max").is_file(), reason="a cgroup limit may replace the machine's RAM")
 def test_host_ram_row_reads_this_machine(projects):
     found, _ = checks(projects["lora_cpu"], "--fast")
     ram = found["host ram"]
-    assert ram["detail"].startswith(f"{meminfo_gib('MemTotal'):.1f} GiB, ")
-    assert ram["detail"].endswith("; building the int4 ONNX model peaks at about 10.9 GiB (measured, 3.8 B model)")
-    assert ram["status"] == ("ok" if meminfo_gib("MemAvailable") >= 10.9 else "warn"), ram
+    memory = load_modules(projects["lora_cpu"])["env_facts"].host_memory()
+    if memory is None:
+        assert ram["status"] == "skip"
+        return
+    if memory.source == "/proc/meminfo":
+        assert ram["detail"].startswith(f"{meminfo_gib('MemTotal'):.1f} GiB, ")
+    assert ram["detail"].endswith("; building the int4 ONNX model peaks at about 11.4 GiB (measured, 3.8 B model)")
+    total, available = (float(part.split()[0]) for part in ram["detail"].split(";")[0].split(", "))
+    assert ram["status"] == ("fail" if total < 11.4 else "warn" if available < 11.4 else "ok"), ram
     azure, _ = checks(projects["azure_cpu"], "--fast")
     assert azure["host ram"] == {
         "name": "host ram", "status": "skip", "detail": "the workflow runs on Azure ML", "fix": ""
@@ -620,15 +632,15 @@ def test_host_ram_row_reads_this_machine(projects):
     [
         (
             {"finetune_method": "lora", "onnx_precision": "int4"}, 8.0, 7.5, "fail",
-            "8.0 GiB, 7.5 GiB available; building the int4 ONNX model peaks at about 10.9 GiB",
-            "run the workflow on a machine with at least 10.9 GiB of RAM, or generate the project with "
+            "8.0 GiB, 7.5 GiB available; building the int4 ONNX model peaks at about 11.4 GiB",
+            "run the workflow on a machine with at least 11.4 GiB of RAM, or generate the project with "
             "compute_target=azureml",
         ),
         (
             {"finetune_method": "qlora", "onnx_precision": "fp32"}, 15.6, 15.0, "fail",
             "15.6 GiB, 15.0 GiB available; building the fp32 ONNX model peaks at about 16.3 GiB",
             "run the workflow on a machine with at least 16.3 GiB of RAM, or generate the project with "
-            "onnx_precision=int4 (about 10.9 GiB) or compute_target=azureml",
+            "onnx_precision=int4 (about 11.4 GiB) or compute_target=azureml",
         ),
         (
             {"finetune_method": "lora", "onnx_precision": "none"}, 31.3, 5.0, "warn",
@@ -650,20 +662,49 @@ def test_host_ram_judgement(projects, facts, total, available, status, detail, f
     assert check.detail.startswith(detail), check.detail
 
 
-def test_host_ram_follows_a_container_limit(projects, tmp_path, monkeypatch):
+GIB = 1024**3
+
+
+def cgroup_tree(root: Path, files: dict[str, object]) -> None:
+    for name, value in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"{value}\n", encoding="ascii")
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "limit", "free"),
+    [
+        # cgroup v2 inside a namespace: the mount is the process's own cgroup; page cache counts as free
+        ("0::/", {"memory.max": 6 * GIB, "memory.current": 5 * GIB, "memory.stat": "anon 1\ninactive_file 3221225472"},
+         6.0, 4.0),
+        ("0::/", {"memory.max": "max", "memory.current": 5 * GIB}, None, None),
+        # a parent's limit binds a child without one (systemd MemoryMax=, a Slurm job step)
+        ("0::/job/step", {"job/memory.max": 5 * GIB, "job/memory.current": 2 * GIB, "job/step/memory.max": "max"},
+         5.0, 3.0),
+        # cgroup v1: "no limit" is a number near 2**63
+        ("4:memory:/", {"memory/memory.limit_in_bytes": 2**63 - 4096, "memory/memory.usage_in_bytes": GIB}, None, None),
+        ("7:cpu:/\n4:memory:/box", {"memory/box/memory.limit_in_bytes": 4 * GIB,
+                                     "memory/box/memory.usage_in_bytes": 3 * GIB,
+                                     "memory/box/memory.stat": f"cache 5\ntotal_inactive_file {GIB}"}, 4.0, 2.0),
+    ],
+    ids=["v2", "v2-unlimited", "v2-parent", "v1-unlimited", "v1"],
+)
+def test_host_ram_follows_a_container_limit(projects, tmp_path, monkeypatch, own, files, limit, free):
     modules = load_modules(projects["lora_cuda"])
     env_facts = modules["env_facts"]
-    monkeypatch.setattr(env_facts, "CGROUP", tmp_path)
-    (tmp_path / "memory.max").write_text("max\n", encoding="ascii")
-    (tmp_path / "memory.current").write_text(f"{2 * 1024**3}\n", encoding="ascii")
-    unlimited = env_facts.host_memory()
-    assert unlimited.source != "cgroup memory.max"
-    (tmp_path / "memory.max").write_text(f"{6 * 1024**3}\n", encoding="ascii")
-    limited = env_facts.host_memory()
-    assert (limited.total_gib, limited.source) == (6.0, "cgroup memory.max")
-    assert limited.available_gib == pytest.approx(min(4.0, unlimited.available_gib or 4.0), abs=0.5)
-    memory = env_facts.HostMemory(6.0, 4.0, "cgroup memory.max")
-    detail = modules["env_checks"].check_host_ram(
+    cgroup_tree(tmp_path / "sys", files)
+    (tmp_path / "self").write_text(own + "\n", encoding="ascii")
+    monkeypatch.setattr(env_facts, "CGROUP", tmp_path / "sys")
+    monkeypatch.setattr(env_facts, "SELF_CGROUP", tmp_path / "self")
+    memory = env_facts.host_memory()
+    if limit is None:
+        assert memory.source == "/proc/meminfo"
+        return
+    assert (memory.total_gib, memory.source) == (limit, "cgroup limit")
+    assert memory.available_gib == pytest.approx(min(free, meminfo_gib("MemAvailable")))
+    check = modules["env_checks"].check_host_ram(
         env_facts.Env(facts={"finetune_method": "lora", "onnx_precision": "int4"}, memory=memory)
-    ).detail
-    assert detail.startswith("6.0 GiB (container limit), 4.0 GiB available; ")
+    )
+    assert check.detail.startswith(f"{limit:.1f} GiB (container limit), {memory.available_gib:.1f} GiB available; ")
+    assert check.status == "fail"
+    assert check.fix.startswith("raise this container's memory limit to at least 11.4 GiB, or generate")

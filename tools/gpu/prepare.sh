@@ -2,7 +2,7 @@
 # Prepare the GPU training benchmark for one `device` call (no GPU needed here; see tools/gpu/run.sh).
 # Bakes a LoRA and a QLoRA project with the default answers into .gpu/ and downloads, for the device image's
 # Python 3.12, the wheels its image lacks (pinned to what setup/requirements.txt and this venv use).
-# Everything lands in .gpu/ (git-ignored, under the device tool's 64 MiB limit: about 55 MiB).
+# Everything lands in .gpu/ (git-ignored, under the device tool's 64 MiB limit: 54 MiB when written).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}

@@ -15,11 +15,11 @@ if [ -n "${TINY:-}" ]; then
     PY=${PY:-$PWD/.venv/bin/python}; size=(--tiny); cpu=",use_cpu=true"  # the Trainer refuses bf16 on a CPU without it
 else
     PY=python3; size=(--model-dir /tmp/phi3-mini-random)
-    if ! "$PY" -c "import olive" 2>/dev/null; then
+    export PYTHONPATH=/tmp/site  # first on sys.path: the pinned wheels win over the image's packages
+    if [ ! -f /tmp/site/.installed ]; then  # a warm machine keeps them from the first call
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .gpu/whl/*.whl || exit 1
+            .gpu/whl/*.whl && touch /tmp/site/.installed || exit 1
     fi
-    export PYTHONPATH=/tmp/site
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
 "$PY" -c "import torch, transformers, peft, olive, datasets; print('torch', torch.__version__, 'transformers',

@@ -127,8 +127,8 @@ def parse_set(item: str) -> tuple[str, str, object]:
 def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
     """--compare items -> (label, KEY=VALUE overrides) per run, in order, with the config's own run last.
 
-    'seed' is the CookBook's settings, 'config' the config as it is, and LABEL:KEY=VALUE,KEY=VALUE any other set
-    of overrides (a comma starts a new override only before KEY=, so JSON lists survive).
+    'seed' is the CookBook's settings and LABEL:KEY=VALUE,KEY=VALUE any other set of overrides (a comma starts a
+    new override only before KEY=, so JSON lists survive); 'config', the config as it is, always runs last.
     """
     plans, labels = [], set()
     for item in items:
@@ -139,27 +139,26 @@ def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
         if label in labels:
             raise BenchmarkError(f"--compare {item}: the label {label!r} is used twice")
         labels.add(label)
-        if label == "seed" and not sep:
+        if label in ("seed", "config") and sep:
+            raise BenchmarkError(f"--compare {item}: {label!r} names fixed settings; give the overrides another label")
+        if label == "config":
+            continue
+        if label == "seed":
             seed = dict(SEED, max_seq_len=TINY_SEQ_LEN) if tiny else SEED
             sets = [f"{k}={json.dumps(v)}" for k, v in seed.items()]
-        elif label == "config" and not sep:
-            sets = []
         elif sep and rest.strip():
             sets = [part.strip() for part in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", rest)]
             for part in sets:
-                try:
-                    parse_set(part)
-                except BenchmarkError as error:  # its message names --set
-                    raise BenchmarkError(f"--compare {item}: {str(error).partition(': ')[2]}") from None
+                if "=" not in part or not part.partition("=")[0].strip():
+                    raise BenchmarkError(f"--compare {item}: {part!r} is not KEY=VALUE")
+                parse_set(part)
         else:
             raise BenchmarkError(
                 f"--compare {item}: expected seed, config or LABEL:KEY=VALUE[,KEY=VALUE...], "
                 "e.g. b4:per_device_train_batch_size=4,gradient_checkpointing=false"
             )
         plans.append((label, sets))
-    if "config" not in labels:
-        plans.append(("config", []))
-    return plans
+    return [*plans, ("config", [])]
 
 
 def training_pass(config: dict) -> tuple[str, dict]:

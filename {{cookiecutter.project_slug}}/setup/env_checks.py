@@ -31,9 +31,10 @@ ONNX_FACTOR = {"int4": 0.35, "fp16": 1.0, "fp32": 2.0, "none": 0.0}
 QUANTIZED_FACTOR = {"int4": 0.3}
 DEFAULT_DOWNLOAD_GB = 7.7  # Phi-3-mini's safetensors
 # Peak host RAM (GiB, the process's peak RSS) of the workflow's heaviest steps, measured with /usr/bin/time on
-# a 3.82 B Phi-3-mini-shaped model, olive-ai 0.13.0, onnxruntime-genai 0.14.1 (docs/benchmarks.md). int4 is
-# Olive's Rtn pass then ModelBuilder: quantizing the builder's fp32 graph instead peaked above 24 GiB.
-HOST_RAM_GIB = {"merge": 7.7, "int4": 10.9, "fp16": 9.5, "fp32": 16.3}
+# a 3.82 B Phi-3-mini-shaped model, olive-ai 0.13.0, onnxruntime-genai 0.14.1 (docs/benchmarks.md). int4: the
+# whole LoRA -> merge -> Rtn -> ModelBuilder `olive run` (Rtn -> ModelBuilder alone: 10.9); quantizing the
+# builder's fp32 graph instead was killed at 24.2 GB. merge, fp16, fp32: that step alone.
+HOST_RAM_GIB = {"merge": 7.7, "int4": 11.4, "fp16": 9.5, "fp32": 16.3}
 # torch and the onnxruntime packages have rows of their own; one missing package, one problem
 OWN_ROWS = {"torch", *ORT_PACKAGES, *GENAI_PACKAGES}
 PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
@@ -280,14 +281,18 @@ def check_host_ram(env: Env) -> Check:
         return Check(name, "skip", "could not read this machine's memory size")
     step, need = max(steps, key=lambda item: item[1])
     memory = env.memory
-    have = f"{memory.total_gib:.1f} GiB" + (" (container limit)" if memory.source.startswith("cgroup") else "")
+    container = memory.source.startswith("cgroup")
+    have = f"{memory.total_gib:.1f} GiB" + " (container limit)" * container
     if memory.available_gib is not None:
         have += f", {memory.available_gib:.1f} GiB available"
     detail = f"{have}; {step} peaks at about {need:g} GiB (measured, 3.8 B model)"
     if memory.total_gib < need:
         int4 = HOST_RAM_GIB["int4"]
         smaller = f"onnx_precision=int4 (about {int4:g} GiB) or " * (int4 < memory.total_gib and "int4" not in step)
-        fix = f"run the workflow on a machine with at least {need:g} GiB of RAM, or generate the project with "
+        if container:
+            fix = f"raise this container's memory limit to at least {need:g} GiB, or generate the project with "
+        else:
+            fix = f"run the workflow on a machine with at least {need:g} GiB of RAM, or generate the project with "
         return Check(name, "fail", detail, fix + smaller + "compute_target=azureml")
     if memory.available_gib is not None and memory.available_gib < need:
         free = need - memory.available_gib

@@ -237,7 +237,15 @@ def query_gpus() -> tuple[list[Gpu], str, str]:
 # ---------------------------------------------------------------- host RAM
 
 GIB = 1024**3
-CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's limit is not in /proc/meminfo
+# A container's memory limit is not in /proc/meminfo: it is the cgroup's (v2 memory.max, v1 limit_in_bytes)
+CGROUP = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+# per version: (limit file, usage file, the memory.stat key of page cache the kernel can drop)
+CGROUP_FILES = {
+    "v2": ("memory.max", "memory.current", "inactive_file"),
+    "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
 
 
 def _meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, float]:
@@ -250,15 +258,50 @@ def _meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, float]:
     return values
 
 
-def _cgroup_limit() -> tuple[float, float] | None:
-    """(limit, in use) in GiB when this process runs under a cgroup v2 memory limit."""
+def _cgroup_folders() -> list[tuple[str, Path]]:
+    """(version, folder) of this process's memory cgroup and of each parent: a parent's limit binds too."""
     try:
-        limit = (CGROUP / "memory.max").read_text(encoding="ascii").strip()
-        if not limit.isdigit():  # "max": no limit
-            return None
-        return int(limit) / GIB, int((CGROUP / "memory.current").read_text(encoding="ascii").strip()) / GIB
-    except (OSError, ValueError):
+        lines = SELF_CGROUP.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    folders = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            version, base = "v2", CGROUP
+        elif "memory" in controllers.split(","):
+            version, base = "v1", CGROUP / "memory"
+        else:
+            continue
+        own = Path(path.strip().lstrip("/"))  # "/" inside a cgroup namespace: the mount is the process's own
+        folders += [(version, base / folder) for folder in (own, *own.parents)]
+    return folders
+
+
+def _cgroup_number(folder: Path, name: str) -> int | None:
+    try:
+        text = (folder / name).read_text(encoding="ascii").strip()
+    except OSError:
         return None
+    return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
+
+
+def _cgroup_limit() -> tuple[float, float] | None:
+    """(the tightest memory limit, what is still free under it) in GiB, or None without a limit."""
+    tightest = None
+    for version, folder in _cgroup_folders():
+        limit_file, usage_file, cache_key = CGROUP_FILES[version]
+        limit = _cgroup_number(folder, limit_file)
+        if limit is None or limit >= UNLIMITED or (tightest and limit >= tightest[0]):
+            continue
+        used = _cgroup_number(folder, usage_file) or 0
+        try:
+            stat = dict(line.split() for line in (folder / "memory.stat").read_text(encoding="ascii").splitlines())
+            used -= min(int(stat.get(cache_key, 0)), used)  # the kernel drops this page cache before it kills
+        except (OSError, ValueError):
+            pass
+        tightest = (limit, limit - used)
+    return None if tightest is None else (tightest[0] / GIB, max(tightest[1], 0) / GIB)
 
 
 def host_memory() -> HostMemory | None:
@@ -273,11 +316,9 @@ def host_memory() -> HostMemory | None:
         return HostMemory(total, None, "sysconf")
     cgroup = _cgroup_limit()
     if cgroup and cgroup[0] < memory.total_gib:
-        limit, used = cgroup
-        available = max(limit - used, 0.0)
-        if memory.available_gib is not None:
-            available = min(available, memory.available_gib)
-        memory = HostMemory(limit, available, "cgroup memory.max")
+        limit, free = cgroup
+        available = free if memory.available_gib is None else min(free, memory.available_gib)
+        memory = HostMemory(limit, available, "cgroup limit")
     return memory
 
 
