@@ -164,8 +164,11 @@ def test_bake_writes_exact_tree_with_valid_files(baked, case):
 
 
 def test_generated_python_passes_its_own_ruff_config(baked):
+    """`ruff check .` and `ruff format --check .` pass in every generated project, as a user's CI would run them."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     for case in CASES:
-        result = subprocess.run([ruff, "check", "--no-cache", "."], cwd=baked[case], capture_output=True, text=True,
-                                check=False)
-        assert result.returncode == 0, result.stdout + result.stderr
+        for command in (["check"], ["format", "--check"]):
+            result = subprocess.run(
+                [ruff, *command, "--no-cache", "."], cwd=baked[case], capture_output=True, text=True, check=False
+            )
+            assert result.returncode == 0, f"{case}: ruff {' '.join(command)}\n{result.stdout}{result.stderr}"

@@ -370,7 +370,8 @@ def summarise(report: Report, kept: list, counter: TokenCounter, layout: Layout,
 
 def parse_args(argv, facts: dict):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[2],
     )
     parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE, help="data file or folder")
@@ -383,11 +384,15 @@ def parse_args(argv, facts: dict):
     parser.add_argument("--eval-share", type=float, default=EVAL_SHARE, help="share of rows for evaluation")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the train/eval split")
     parser.add_argument(
-        "--over-length", choices=["drop", "truncate"], default="drop",
+        "--over-length",
+        choices=["drop", "truncate"],
+        default="drop",
         help="rows longer than max_seq_len: drop them (default) or cut the answer to fit",
     )
     parser.add_argument(
-        "--tokenizer", type=Path, default=project.ROOT / facts["model_dir"],
+        "--tokenizer",
+        type=Path,
+        default=project.ROOT / facts["model_dir"],
         help="folder with the model's tokenizer.json (default: the base model in model-cache/)",
     )
     parser.add_argument("--preview", type=int, metavar="N", help="print N samples as training sees them; write nothing")
@@ -439,8 +444,10 @@ def main(argv=None) -> int:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"ERROR: {_shown(Path(error.filename or layout.train_file))}: cannot write it ({error.strerror})",
-              file=sys.stderr)
+        print(
+            f"ERROR: {_shown(Path(error.filename or layout.train_file))}: cannot write it ({error.strerror})",
+            file=sys.stderr,
+        )
         return 1
     state = "written" if written else "unchanged"
     print(

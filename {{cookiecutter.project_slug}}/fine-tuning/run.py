@@ -56,15 +56,18 @@ def run_olive(config_path: Path, log_path: Path) -> str:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "olive", "run", "--config", str(config_path)]
     lines = []
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
-        command,
-        cwd=project.ROOT,
-        env=project.olive_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    ) as process:
+    with (
+        open(log_path, "w", encoding="utf-8") as log,
+        subprocess.Popen(
+            command,
+            cwd=project.ROOT,
+            env=project.olive_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        ) as process,
+    ):
         for line in process.stdout:
             sys.stdout.write(line)
             log.write(line)

@@ -213,8 +213,10 @@ def summarize(result: dict) -> dict:
     runs = result["runs"]
     summary = {key: statistics.median(run[key] for run in runs) for key in ("ttft_s", "decode_tokens_per_s", "total_s")}
     summary.update(prompt_tokens=max(r["prompt_tokens"] for r in runs), new_tokens=min(r["new_tokens"] for r in runs))
-    summary["decode_tokens_per_s_range"] = [min(r["decode_tokens_per_s"] for r in runs),
-                                            max(r["decode_tokens_per_s"] for r in runs)]
+    summary["decode_tokens_per_s_range"] = [
+        min(r["decode_tokens_per_s"] for r in runs),
+        max(r["decode_tokens_per_s"] for r in runs),
+    ]
     summary["ttft_s_range"] = [min(r["ttft_s"] for r in runs), max(r["ttft_s"] for r in runs)]
     return summary
 
@@ -233,18 +235,39 @@ def add_speedups(results: list[dict]) -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    header = ["backend", "dtype", "threads", "load s", "first token s", "decode tok/s", "total s", "tokens",
-              "peak RSS MiB", "GPU MiB", "disk MiB", "decode x"]
+    header = [
+        "backend",
+        "dtype",
+        "threads",
+        "load s",
+        "first token s",
+        "decode tok/s",
+        "total s",
+        "tokens",
+        "peak RSS MiB",
+        "GPU MiB",
+        "disk MiB",
+        "decode x",
+    ]
     rows = [header]
     for r in results:
         if "error" not in r:
-            rows.append([
-            r["label"], r["dtype"], str(r["threads"]) + (" (default)" if r["threads_from"] == "library" else ""),
-            f"{r['load_s']:.1f}", f"{r['ttft_s']:.3f}", f"{r['decode_tokens_per_s']:.1f}", f"{r['total_s']:.2f}",
-            str(int(r["new_tokens"])), f"{r['peak_rss_mb']:.0f}",
-            "-" if r.get("gpu_peak_mb") is None else f"{r['gpu_peak_mb']:.0f}", f"{r['size_mb']:.1f}",
-            f"{r['decode_speedup']:.2f}" if "decode_speedup" in r else "-",
-        ])
+            rows.append(
+                [
+                    r["label"],
+                    r["dtype"],
+                    str(r["threads"]) + (" (default)" if r["threads_from"] == "library" else ""),
+                    f"{r['load_s']:.1f}",
+                    f"{r['ttft_s']:.3f}",
+                    f"{r['decode_tokens_per_s']:.1f}",
+                    f"{r['total_s']:.2f}",
+                    str(int(r["new_tokens"])),
+                    f"{r['peak_rss_mb']:.0f}",
+                    "-" if r.get("gpu_peak_mb") is None else f"{r['gpu_peak_mb']:.0f}",
+                    f"{r['size_mb']:.1f}",
+                    f"{r['decode_speedup']:.2f}" if "decode_speedup" in r else "-",
+                ]
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         cells = [cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
@@ -254,8 +277,10 @@ def print_table(results: list[dict]) -> None:
             print(f"{r['label']}: failed, {r['error']}")
     busy = [r["label"] for r in results if shared_cpu(r)]
     if busy:
-        print(f"note: other work shared the CPU while measuring {', '.join(busy)} (load average above "
-              f"{os.cpu_count()} CPUs + 1): those figures are low; run again on an idle machine")
+        print(
+            f"note: other work shared the CPU while measuring {', '.join(busy)} (load average above "
+            f"{os.cpu_count()} CPUs + 1): those figures are low; run again on an idle machine"
+        )
 
 
 def shared_cpu(result: dict) -> bool:
@@ -287,8 +312,10 @@ def plot(results: list[dict], report: dict, png: Path) -> None:
         axis.grid(axis="y", alpha=0.3)
     settings = report["settings"]
     device = report["device"].get("gpu") or report["device"]["cpu"]
-    figure.suptitle(f"{device}: {settings['prompt_tokens']}-token prompts, {settings['new_tokens']} new tokens, "
-                    "greedy, batch 1", fontsize=10)
+    figure.suptitle(
+        f"{device}: {settings['prompt_tokens']}-token prompts, {settings['new_tokens']} new tokens, greedy, batch 1",
+        fontsize=10,
+    )
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)
@@ -338,8 +365,14 @@ def benchmark(args) -> int:
         "device": describe_device(provider),
         "versions": versions(),
         "threads": threads,
-        "settings": {**settings, "greedy": True, "end_tokens_masked": True, "batch": 1, "warmup_answers": 1,
-                     "warmup_new_tokens": min(WARMUP_TOKENS, settings["new_tokens"])},
+        "settings": {
+            **settings,
+            "greedy": True,
+            "end_tokens_masked": True,
+            "batch": 1,
+            "warmup_answers": 1,
+            "warmup_new_tokens": min(WARMUP_TOKENS, settings["new_tokens"]),
+        },
         "backends": results,
     }
     out = args.out or gen_dir / "benchmark.json"
@@ -377,8 +410,13 @@ def gpu_peak_mb(backend) -> float | None:
     if getattr(backend, "provider", None) == "cuda":
         # genai reports no allocator peak; ORT's arena keeps what it grew to, so the process's use now is it
         try:
-            output = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,"
-                                     "nounits"], capture_output=True, text=True, timeout=30, check=True).stdout
+            output = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return None
         for line in output.splitlines():
@@ -399,8 +437,7 @@ def load_average() -> float | None:
 def time_answer(backend, prompt: list[int], new_tokens: int) -> dict:
     stamps: list[float] = []
     started = time.perf_counter()
-    ids = backend.generate(prompt, new_tokens, on_token=lambda _: stamps.append(time.perf_counter()),
-                           ignore_eos=True)
+    ids = backend.generate(prompt, new_tokens, on_token=lambda _: stamps.append(time.perf_counter()), ignore_eos=True)
     total = time.perf_counter() - started
     decode_s = stamps[-1] - stamps[0]
     return {
@@ -437,9 +474,12 @@ def measure(spec: dict) -> dict:
     for repeat in range(spec["repeats"]):
         for i, prompt in enumerate(measured):
             runs.append(time_answer(backend, prompt, spec["new_tokens"]))
-            print(f"[benchmark] {spec['label']}: answer {i + 1}/{len(measured)} (repeat {repeat + 1}): "
-                  f"first token {runs[-1]['ttft_s']:.3f} s, {runs[-1]['decode_tokens_per_s']:.1f} tokens/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[benchmark] {spec['label']}: answer {i + 1}/{len(measured)} (repeat {repeat + 1}): "
+                f"first token {runs[-1]['ttft_s']:.3f} s, {runs[-1]['decode_tokens_per_s']:.1f} tokens/s",
+                file=sys.stderr,
+                flush=True,
+            )
     return {
         "dtype": getattr(backend, "dtype", None) or spec["dtype"],
         "threads": backend.threads,

@@ -161,8 +161,9 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
-    def generate(self, prompt: str | list[int], max_new_tokens: int, on_text=None, on_token=None,
-                 ignore_eos=False) -> list[int]:
+    def generate(
+        self, prompt: str | list[int], max_new_tokens: int, on_text=None, on_token=None, ignore_eos=False
+    ) -> list[int]:
         """Greedy answer to a text prompt (or prompt token ids); on_token(id) is called as each token arrives.
 
         ignore_eos makes every answer exactly max_new_tokens long (benchmarks): end tokens are masked.
@@ -232,8 +233,9 @@ class OnnxBackend:
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
 
-    def generate(self, prompt: str | list[int], max_new_tokens: int, on_text=None, on_token=None,
-                 ignore_eos=False) -> list[int]:
+    def generate(
+        self, prompt: str | list[int], max_new_tokens: int, on_text=None, on_token=None, ignore_eos=False
+    ) -> list[int]:
         og = self.og
         input_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         params = og.GeneratorParams(self.model)
@@ -261,8 +263,13 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
 
 
-def load_backend(kind: str, paths: dict[str, Path] | None = None, provider: str | None = None,
-                 threads: int | None = None, dtype: str | None = None):
+def load_backend(
+    kind: str,
+    paths: dict[str, Path] | None = None,
+    provider: str | None = None,
+    threads: int | None = None,
+    dtype: str | None = None,
+):
     """threads: intra-op threads on CPU; None: default_threads(); 0: the library's own default."""
     paths = paths or default_paths()
     threads = default_threads() if threads is None else threads
@@ -289,8 +296,11 @@ def main(argv=None) -> int:
     parser.add_argument("--gen-dir", type=Path, help="folder holding adapter/, merged/, onnx/ (default gen-model/)")
     parser.add_argument("--provider", choices=("cpu", "cuda"), help="ONNX execution provider (default: project's)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores; 0: the library's default)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
-                        help="adapter/merged weights (default: bfloat16 on a GPU or a CPU with bf16, else float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        help="adapter/merged weights (default: bfloat16 on a GPU or a CPU with bf16, else float32)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 0:
         parser.error("--threads must be 0 (the library's default) or more")

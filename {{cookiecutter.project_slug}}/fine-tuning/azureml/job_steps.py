@@ -53,7 +53,6 @@ def stage_data(source: Path, datasets: Path = project.ROOT / "datasets") -> list
     return copied
 
 
-
 def read_secret(vault: str, name: str, credential=None, urlopen=urllib.request.urlopen) -> str:
     """The secret's value, read with the compute's managed identity (Key Vault REST API, no SDK needed)."""
     if credential is None:

@@ -51,8 +51,20 @@ PLACEHOLDER = re.compile(r"<[^>]*>|^\s*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 # Files that commonly hold a token, password or private key. The code snapshot is stored in the workspace's
 # storage account, readable by everyone with access to the workspace, so these are refused before any upload.
-SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.pfx", "*.p12", ".netrc", ".git-credentials", ".pypirc",
-                "id_rsa", "id_ecdsa", "id_ed25519")
+SECRET_FILES = (
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.pfx",
+    "*.p12",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    "id_rsa",
+    "id_ecdsa",
+    "id_ed25519",
+)
 DATA_URI = re.compile(r"^(azureml://datastores/[^/]+/paths/.+|azureml:[^:@]+[:@].+|(https|wasbs|abfss)://.+)$")
 
 
@@ -148,7 +160,6 @@ def _requirement_lines(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-
 def data_input(spec: str | None):
     """None: the data rides in the code snapshot (datasets/). Otherwise an Input the job copies into datasets/."""
     from azure.ai.ml import Input
@@ -196,9 +207,7 @@ def build_job(settings: dict, data: str | None = None):
     facts = project.load()
     data_in = data_input(data)
     experiment = experiment_name()
-    output_path = (
-        f"azureml://datastores/{settings['output_datastore']}/paths/{experiment}/{binding('name')}/gen-model/"
-    )
+    output_path = f"azureml://datastores/{settings['output_datastore']}/paths/{experiment}/{binding('name')}/gen-model/"
     variables = {"OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
     if settings.get("hf_token_key_vault"):
         # names only: the job reads the value itself, with the cluster's managed identity
@@ -313,8 +322,9 @@ def connect(settings: dict, credential=None, **client_kwargs):
             if shutil.which("az"):
                 fix = "run `az login`"
             else:
-                fix = ("install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run "
-                       "`az login`")
+                fix = (
+                    "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`"
+                )
             raise SubmitError(
                 f"not logged in to Azure (DefaultAzureCredential found no usable credential): {fix}, or set "
                 "AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET for a service principal, or use another "
@@ -392,8 +402,10 @@ def submit(ml_client, job, stream: bool = True):
             raise SubmitError(
                 f"job {created.name} did not complete: {_first_line(error)}; see {created.studio_url}"
             ) from None
-        print(f"Job {created.name} completed; fetch its models with: python fine-tuning/azureml/submit.py "
-              f"--download {created.name}")
+        print(
+            f"Job {created.name} completed; fetch its models with: python fine-tuning/azureml/submit.py "
+            f"--download {created.name}"
+        )
     return created
 
 
@@ -517,8 +529,10 @@ def main(argv=None, credential=None, **client_kwargs) -> int:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
     except ImportError as error:
-        print(f"ERROR: {error.name or error}: not installed; pip install -r fine-tuning/azureml/requirements.txt",
-              file=sys.stderr)
+        print(
+            f"ERROR: {error.name or error}: not installed; pip install -r fine-tuning/azureml/requirements.txt",
+            file=sys.stderr,
+        )
         return 1
 
 
