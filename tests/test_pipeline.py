@@ -77,6 +77,25 @@ def test_smoke_pipeline_trains_merges_builds_and_answers(smoke, method, family, 
 
 
 @pytest.mark.pipeline
+def test_qlora_int4_runs_olive_twice_split_at_rtn(smoke):
+    """olive-ai 0.13 carries QLoRA's bitsandbytes load settings into the merged model, which Rtn refuses; run.py
+    starts a second olive run at Rtn from the merged model."""
+    project, result, summary = smoke(finetune_method="qlora", onnx_precision="int4")
+    work = project / "gen-model/smoke"
+    assert "[run] olive run 1 of 2: qlora, merge" in result.stdout
+    assert "[run] olive run 2 of 2: quantize, builder" in result.stdout
+    second = json.loads((work / "olive-config.run2.json").read_text(encoding="utf-8"))
+    assert second["input_model"]["model_path"] == str(work / "merged/model")
+    assert (work / "olive-run2.log").is_file() and (work / "merged/model/config.json").is_file()
+    passes = {node["from_pass"] for node in json.loads((work / "onnx/footprint.json").read_text("utf-8")).values()}
+    assert {"rtn", "modelbuilder"} <= passes
+    graph = onnx.load(work / "onnx/model.onnx", load_external_data=False).graph
+    assert {node.op_type for node in graph.node if node.op_type.startswith("MatMul")} == {"MatMulNBits"}
+    assert set(summary["answers"]) == {"adapter", "merged", "onnx"}
+    assert all(len(ids) == NEW_TOKENS for ids in summary["answers"].values())
+
+
+@pytest.mark.pipeline
 def test_convert_only_project_builds_the_base_model(smoke):
     project, result, summary = smoke(finetune_method="none", onnx_precision="fp32")
     assert set(summary["answers"]) == {"onnx"}

@@ -5,7 +5,7 @@
 Runs `olive run` from the project root (every path in the config is relative to it) with telemetry off,
 then copies the adapter and the merged model out of Olive's cache into gen-model/, plots the training loss,
 and exits non-zero when Olive made no model: olive-ai 0.13 can log "No output model produced" and still
-exit 0.
+exit 0. QLoRA with int4 takes two olive runs, split at the Rtn pass (see stages()).
 """
 
 import argparse
@@ -154,13 +154,47 @@ def plot_losses(losses: dict[str, list[float]], training_args: dict, png: Path) 
     return png
 
 
+def stages(config: dict, config_path: Path, gen_dir: Path) -> list[tuple[dict, Path]]:
+    """The olive runs the config takes, each (config, its file): one, or two after a QLoRA merge.
+
+    olive-ai 0.13's MergeAdapterWeights hands QLoRA's bitsandbytes load settings on to the merged model, and the
+    Rtn pass then refuses it ("existing quantization configuration"). So a second run starts at Rtn, from the
+    merged model as a plain HfModel.
+    """
+    names = list(config["passes"])
+    types = [str(spec.get("type", "")).lower() for spec in config["passes"].values()]
+    if "qlora" not in types or "rtn" not in types or "mergeadapterweights" not in types[: types.index("rtn")]:
+        return [(config, config_path)]
+    cut = types.index("rtn")
+    merged_dir = _resolve(config["output_dir"]).parent / "merged"
+    first = {**config, "passes": {n: config["passes"][n] for n in names[:cut]}, "output_dir": str(merged_dir)}
+    second = {
+        **config,
+        "input_model": {**config["input_model"], "model_path": str(merged_dir / "model")},
+        "passes": {n: config["passes"][n] for n in names[cut:]},
+    }
+    second.pop("data_configs", None)
+    runs = []
+    for number, stage in enumerate((first, second), start=1):
+        path = gen_dir / f"olive-config.run{number}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stage, indent=2, ensure_ascii=False), encoding="utf-8")
+        runs.append((stage, path))
+    return runs
+
+
 def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Path]:
     config_path = config_path.resolve()
     config = json.loads(config_path.read_text(encoding="utf-8"))
     gen_dir = gen_dir or project.GEN_MODEL
     preflight(config)
-    log_text = run_olive(config_path, gen_dir / "olive-run.log")
-    found = collect_outputs(config, gen_dir)
+    runs = stages(config, config_path, gen_dir)
+    log_text, found = "", {}
+    for number, (stage, path) in enumerate(runs, start=1):
+        if len(runs) > 1:
+            print(f"[run] olive run {number} of {len(runs)}: {', '.join(stage['passes'])}", flush=True)
+        log_text += run_olive(path, gen_dir / ("olive-run.log" if number == 1 else f"olive-run{number}.log"))
+        found.update(collect_outputs(stage, gen_dir))
     training_args = next((p.get("training_args", {}) for p in config["passes"].values() if "training_args" in p), {})
     png = plot_losses(parse_losses(log_text), training_args, gen_dir / "training-loss.png")
     record = {name: str(path) for name, path in found.items()}
