@@ -81,6 +81,11 @@ def run_olive(config_path: Path, log_path: Path) -> str:
     return output
 
 
+def pass_types(config: dict) -> list[str]:
+    """The passes' types in order, lower case, as Olive records them in footprint.json's from_pass."""
+    return [str(spec.get("type", "")).lower() for spec in config["passes"].values()]
+
+
 def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
     """Copy the adapter and merged model out of Olive's cache; return where each model is."""
     output_dir = _resolve(config["output_dir"])
@@ -88,8 +93,8 @@ def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
     if not footprint_file.is_file():
         raise WorkflowError(f"{output_dir}: Olive wrote no footprint.json, so no model was produced")
     nodes = json.loads(footprint_file.read_text(encoding="utf-8"))
-    pass_types = [spec["type"].lower() for spec in config["passes"].values()]
-    final = pass_types[-1]
+    types = pass_types(config)
+    final = types[-1]
     found: dict[str, Path] = {}
     for node in nodes.values():
         model_config = (node.get("model_config_data") or {}).get("config", {})
@@ -102,7 +107,7 @@ def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
             found["merged"] = output_dir / "model" if kind == final else _copy(source, gen_dir / "merged")
         elif kind == "modelbuilder" and any(output_dir.glob("*.onnx")):
             found["onnx"] = output_dir
-    missing = [OUTPUT_OF[kind] for kind in pass_types if OUTPUT_OF.get(kind) and OUTPUT_OF[kind] not in found]
+    missing = [OUTPUT_OF[kind] for kind in types if OUTPUT_OF.get(kind) and OUTPUT_OF[kind] not in found]
     if missing:
         raise WorkflowError(f"olive run finished without the {', '.join(missing)} model(s); see the log above")
     return found
@@ -162,7 +167,7 @@ def stages(config: dict, config_path: Path, gen_dir: Path) -> list[tuple[dict, P
     merged model as a plain HfModel.
     """
     names = list(config["passes"])
-    types = [str(spec.get("type", "")).lower() for spec in config["passes"].values()]
+    types = pass_types(config)
     if "qlora" not in types or "rtn" not in types or "mergeadapterweights" not in types[: types.index("rtn")]:
         return [(config, config_path)]
     cut = types.index("rtn")

@@ -304,10 +304,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 0:
         parser.error("--threads must be 0 (the library's default) or more")
+    if args.dtype and args.backend == "onnx":
+        parser.error("--dtype is for the adapter and merged backends; the ONNX model has its own precision")
     try:
         started = time.perf_counter()
-        if args.dtype and args.backend == "onnx":
-            parser.error("--dtype is for the adapter and merged backends; the ONNX model has its own precision")
         backend = load_backend(args.backend, default_paths(args.gen_dir), args.provider, args.threads, args.dtype)
         print(f"[{args.backend} model loaded in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
     except MissingModel as error:

@@ -111,14 +111,17 @@ def parse_value(text: str):
         return text
 
 
-def parse_set(item: str) -> tuple[str, str, object]:
-    """'key=value' -> (where, key, value); where is pass, training_args or data (a prefix picks it)."""
+def parse_set(item: str, flag: str = "--set") -> tuple[str, str, object]:
+    """'key=value' -> (where, key, value); where is pass, training_args or data (a prefix picks it).
+
+    flag names the option the item came from in the error message.
+    """
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise BenchmarkError(f"--set {item}: expected KEY=VALUE, e.g. --set per_device_train_batch_size=4")
+        raise BenchmarkError(f"{flag}: {item!r} is not KEY=VALUE, e.g. per_device_train_batch_size=4")
     where, dot, name = key.strip().rpartition(".")
     if dot and where not in ("pass", "training_args", "data"):
-        raise BenchmarkError(f"--set {item}: the prefix must be pass., training_args. or data.")
+        raise BenchmarkError(f"{flag}: {item!r}: the prefix must be pass., training_args. or data.")
     if not dot:
         where = "data" if name in DATA_KEYS else "pass" if name in PASS_KEYS else "training_args"
     return where, name, parse_value(value.strip())
@@ -149,9 +152,7 @@ def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
         elif sep and rest.strip():
             sets = [part.strip() for part in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", rest)]
             for part in sets:
-                if "=" not in part or not part.partition("=")[0].strip():
-                    raise BenchmarkError(f"--compare {item}: {part!r} is not KEY=VALUE")
-                parse_set(part)
+                parse_set(part, f"--compare {item}")
         else:
             raise BenchmarkError(
                 f"--compare {item}: expected seed, config or LABEL:KEY=VALUE[,KEY=VALUE...], "

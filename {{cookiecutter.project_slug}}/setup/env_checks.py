@@ -288,7 +288,8 @@ def check_host_ram(env: Env) -> Check:
     detail = f"{have}; {step} peaks at about {need:g} GiB (measured, 3.8 B model)"
     if memory.total_gib < need:
         int4 = HOST_RAM_GIB["int4"]
-        smaller = f"onnx_precision=int4 (about {int4:g} GiB) or " * (int4 < memory.total_gib and "int4" not in step)
+        other_precision = env.facts.get("onnx_precision") != "int4"
+        smaller = f"onnx_precision=int4 (about {int4:g} GiB) or " * (int4 < memory.total_gib and other_precision)
         if container:
             fix = f"raise this container's memory limit to at least {need:g} GiB, or generate the project with "
         else:

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             continue
         started = time.perf_counter()
         # float32 PyTorch: the reference the fp32 ONNX model must match token for token
-        backend = chat.load_backend(backend_name, paths, provider, dtype=None if backend_name == "onnx" else "float32")
+        backend = chat.load_backend(backend_name, paths, provider, dtype="float32")
         print(f"[smoke] {backend_name} answers {question!r}: ", end="", flush=True)
         ids = chat.answer(backend, question, NEW_TOKENS)
         timings[f"answer ({backend_name})"] = time.perf_counter() - started
