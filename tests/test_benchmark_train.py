@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, bake, run_cli
+from conftest import bake, run_cli
 
 BENCHMARK = "setup/benchmark_train.py"
 # The tiny model (setup/tiny_model.py: hidden 192, 2 layers, 3 heads of 64): per layer qkv_proj is 192 -> 576
@@ -159,7 +159,3 @@ def test_full_size_on_a_cpu_needs_force(projects, python, monkeypatch):
     assert "no CUDA GPU here" in result.stderr and "--tiny" in result.stderr and "--force" in result.stderr
     assert not (projects["lora"] / "gen-model/benchmark").exists()
 
-
-def test_no_jinja_in_the_template_file():
-    text = (TEMPLATE / "{{cookiecutter.project_slug}}" / BENCHMARK).read_text("utf-8")
-    assert not any(sequence in text for sequence in ("{{", "}}", "{%", "%}", "{#"))

@@ -592,13 +592,6 @@ def test_disk_detail_without_the_download(projects, tmp_path):
     assert disk_detail(project, **facts, onnx_precision="none").endswith("; nothing large to write")
 
 
-@pytest.mark.parametrize("name", ["check_env.py", "env_facts.py", "env_checks.py", "env_probes.py"])
-def test_no_jinja_in_the_template_files(name):
-    setup = Path(__file__).resolve().parent.parent / "{{cookiecutter.project_slug}}" / "setup"
-    text = (setup / name).read_text("utf-8")
-    assert not any(sequence in text for sequence in ("{{", "}}", "{%", "%}", "{#"))
-
-
 # ---------------------------------------------------------------- host RAM
 
 

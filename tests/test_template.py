@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
-from conftest import CONTEXT, DEFAULT_SLUG, bake
+from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake
 
 METHODS, TARGETS = CONTEXT["finetune_method"], CONTEXT["compute_target"]
 PROVIDERS, PRECISIONS = CONTEXT["execution_provider"], CONTEXT["onnx_precision"]
@@ -172,3 +172,12 @@ def test_generated_python_passes_its_own_ruff_config(baked):
                 [ruff, *command, "--no-cache", "."], cwd=baked[case], capture_output=True, text=True, check=False
             )
             assert result.returncode == 0, f"{case}: ruff {' '.join(command)}\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    "name", ["check_env.py", "env_facts.py", "env_checks.py", "env_probes.py", "benchmark_train.py"]
+)
+def test_no_jinja_in_the_template_files(name):
+    """These scripts are copied as they are: a Jinja sequence in them would be rendered, or break the bake."""
+    text = (TEMPLATE / "{{cookiecutter.project_slug}}" / "setup" / name).read_text("utf-8")
+    assert not any(sequence in text for sequence in ("{{", "}}", "{%", "%}", "{#"))

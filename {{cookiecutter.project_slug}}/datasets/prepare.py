@@ -112,8 +112,7 @@ class TokenCounter:
 
 
 def refuse_control_tokens(text: str, chat: dict) -> None:
-    tokens = [chat[turn].strip() for turn in ("user", "assistant", "end")] + chat.get("reserved", [])
-    token = next((t for t in tokens if t and t in text), None)
+    token = next((t for t in project.chat_tokens(chat) if t and t in text), None)
     if token:
         raise ValueError(f"text contains the chat token {token} (it would end the turn early)")
 

@@ -48,7 +48,6 @@ RESERVE_BYTES = 512 * 2**20
 
 EXIT_OFFLINE, EXIT_AUTH, EXIT_REPO, EXIT_REVISION, EXIT_DISK, EXIT_PACKAGES = 3, 4, 5, 6, 7, 8
 EXIT_INTERRUPTED = 130  # Ctrl-C; a SIGTERM exits 143
-PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
 
 EPILOG = f"""\
 exit codes: 0 done, 2 usage, {EXIT_OFFLINE} Hub unreachable (or HF_HUB_OFFLINE=1) and files missing,
@@ -119,9 +118,9 @@ def check_hub_version() -> None:
         installed = None
     needs = f"this script needs the pinned {pin}" if pin else "this script needs the one setup/requirements.txt pins"
     if installed is None:
-        raise DownloadError(EXIT_PACKAGES, f"huggingface_hub is not installed; {needs}: {PIP_INSTALL}")
+        raise DownloadError(EXIT_PACKAGES, f"huggingface_hub is not installed; {needs}: {project.PIP_INSTALL}")
     if pin and _major(installed) != _major(pin):
-        raise DownloadError(EXIT_PACKAGES, f"huggingface_hub {installed} is installed; {needs}: {PIP_INSTALL}")
+        raise DownloadError(EXIT_PACKAGES, f"huggingface_hub {installed} is installed; {needs}: {project.PIP_INSTALL}")
 
 
 # the lock file this run holds: on_interrupt removes it before os._exit
@@ -323,7 +322,7 @@ def transport_errors() -> tuple[type, ...]:
 def classify(error: BaseException, repo: str, revision: str, local_dir: Path) -> tuple[int, str]:
     """The exit code and the one-line message for an error of the download, or (0, "") if it is a bug."""
     if isinstance(error, ImportError):  # a dependency of huggingface_hub missing
-        return EXIT_PACKAGES, f"{_first_line(error)}: {PIP_INSTALL}"
+        return EXIT_PACKAGES, f"{_first_line(error)}: {project.PIP_INSTALL}"
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,

@@ -38,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 SETUP = Path(__file__).resolve().parent
 sys.path.insert(0, str(SETUP))
 sys.path.insert(0, str(SETUP.parent / "fine-tuning"))
 import project  # noqa: E402
+import tiny_model  # noqa: E402
+from env_facts import installed_version  # noqa: E402
 
 TRAINING_PASSES = ("lora", "qlora")
 # The real models' dimensions, from their config.json on the Hugging Face Hub (Phi-3-mini's are also
@@ -66,7 +67,6 @@ FULL_SIZE = {
 }
 # the real models' initializer_range (the tiny model's 0.2 is there to vary greedy decoding in the smoke run)
 FULL_INIT_STD = 0.02
-TINY_SEQ_LEN = 128  # as setup/smoke.py
 DEFAULT_STEPS = {"tiny": (1, 2), "full": (2, 6)}  # (warm-up, timed) optimizer steps
 # The Phi-3 CookBook's LoRA recipe this config grew from; --compare seed runs it beside the config's settings.
 SEED = {"per_device_train_batch_size": 1, "gradient_checkpointing": False, "max_seq_len": 2048}
@@ -147,7 +147,7 @@ def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
         if label == "config":
             continue
         if label == "seed":
-            seed = dict(SEED, max_seq_len=TINY_SEQ_LEN) if tiny else SEED
+            seed = dict(SEED, max_seq_len=tiny_model.SEQ_LEN) if tiny else SEED
             sets = [f"{k}={json.dumps(v)}" for k, v in seed.items()]
         elif sep and rest.strip():
             sets = [part.strip() for part in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", rest)]
@@ -207,7 +207,7 @@ def model_size(args) -> str:
 
 
 def all_sets(args) -> list:
-    tiny = [("data", "max_seq_len", TINY_SEQ_LEN)] if args.tiny else []
+    tiny = [("data", "max_seq_len", tiny_model.SEQ_LEN)] if args.tiny else []
     return tiny + [parse_set(item) for item in args.set]
 
 
@@ -235,7 +235,6 @@ def _count_parameters(model_dir: Path) -> int:
 
 
 def _build_full(facts: dict, corpus: Path, model_dir: Path, device: str) -> None:
-    import tiny_model
     import torch
     from transformers import Phi3ForCausalLM
 
@@ -274,8 +273,6 @@ def ensure_model(model_dir: Path, facts: dict, config: dict, size: str, device: 
     with tempfile.TemporaryDirectory() as scratch:
         corpus = _corpus(config, spec, Path(scratch))
         if size == "tiny":
-            import tiny_model
-
             tiny_model.build(facts, corpus, model_dir)
         else:
             _build_full(facts, corpus, model_dir, device)
@@ -531,13 +528,7 @@ def device_info(torch, cuda: bool) -> dict:
 
 
 def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return {"python": platform.python_version(), **{name: installed_version(name) for name in PACKAGES}}
 
 
 def _quiet(transformers) -> None:

@@ -37,7 +37,6 @@ DEFAULT_DOWNLOAD_GB = 7.7  # Phi-3-mini's safetensors
 HOST_RAM_GIB = {"merge": 7.7, "int4": 11.4, "fp16": 9.5, "fp32": 16.3}
 # torch and the onnxruntime packages have rows of their own; one missing package, one problem
 OWN_ROWS = {"torch", *ORT_PACKAGES, *GENAI_PACKAGES}
-PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
 
 
 # ---------------------------------------------------------------- fixes the full-mode probes give too
@@ -101,10 +100,13 @@ def check_packages(env: Env) -> Check:
     ]
     if missing:
         return Check(
-            "packages", "fail", f"{len(missing)} of {len(pins)} not installed: {', '.join(missing)}", PIP_INSTALL
+            "packages",
+            "fail",
+            f"{len(missing)} of {len(pins)} not installed: {', '.join(missing)}",
+            project.PIP_INSTALL,
         )
     if different:
-        return Check("packages", "warn", f"not the tested versions: {', '.join(different)}", PIP_INSTALL)
+        return Check("packages", "warn", f"not the tested versions: {', '.join(different)}", project.PIP_INSTALL)
     return Check("packages", "ok", f"the other {len(pins)} pinned packages at the tested versions")
 
 
@@ -113,7 +115,7 @@ def _exclusive(env: Env, name: str, group: tuple[str, ...], wanted: str) -> Chec
     present = env.present(group)
     listing = ", ".join(f"{package} {env.installed[package]}" for package in present)
     if not present:
-        return Check(name, "fail", f"not installed (this project needs {wanted})", PIP_INSTALL)
+        return Check(name, "fail", f"not installed (this project needs {wanted})", project.PIP_INSTALL)
     if len(present) > 1:
         return Check(
             name,
@@ -129,7 +131,7 @@ def _exclusive(env: Env, name: str, group: tuple[str, ...], wanted: str) -> Chec
             reinstall(env, group, wanted),
         )
     if present[0] != wanted:
-        return Check(name, "warn", f"{listing} installed; setup/requirements.txt has {wanted}", PIP_INSTALL)
+        return Check(name, "warn", f"{listing} installed; setup/requirements.txt has {wanted}", project.PIP_INSTALL)
     return Check(name, "ok", listing)
 
 
@@ -145,7 +147,7 @@ def check_genai_package(env: Env) -> Check:
 def check_torch_package(env: Env) -> Check:
     version = env.installed.get("torch")
     if version is None:
-        return Check("torch", "fail", "not installed", PIP_INSTALL)
+        return Check("torch", "fail", "not installed", project.PIP_INSTALL)
     if "+cpu" in version and env.trains_here:
         detail = f"{version} is a CPU-only build; training needs a CUDA build"
         return Check("torch", "fail", detail, torch_cuda_fix(env))

@@ -14,8 +14,8 @@ import tempfile
 import warnings
 from importlib import metadata
 
+import project
 from env_checks import (
-    PIP_INSTALL,
     check_genai_package,
     check_onnxruntime_package,
     check_packages,
@@ -145,9 +145,9 @@ def probe_onnxruntime(env: Env) -> Check:
     if version is None:
         detail = f"could not create a session: {failure}"
         # not installed, or two packages' files mixed: the package row says which and how to fix it
-        return (not imported and same_cause(name, detail, package)) or Check(name, "fail", detail, PIP_INSTALL)
+        return (not imported and same_cause(name, detail, package)) or Check(name, "fail", detail, project.PIP_INSTALL)
     if failure:
-        return Check(name, "fail", f"onnxruntime {version}: {failure}", PIP_INSTALL)
+        return Check(name, "fail", f"onnxruntime {version}: {failure}", project.PIP_INSTALL)
     if env.cuda and "CUDAExecutionProvider" not in available:
         detail = f"onnxruntime {version} has no CUDAExecutionProvider (a CPU-only package)"
         return same_cause(name, detail, package) or Check(
@@ -181,7 +181,7 @@ def probe_genai(env: Env) -> Check:
             cuda = bool(og.is_cuda_available()) if hasattr(og, "is_cuda_available") else None
         except Exception as error:  # noqa: BLE001
             detail = f"import failed: {error_text(error)}"
-            return same_cause(name, detail, package) or Check(name, "fail", detail, PIP_INSTALL)
+            return same_cause(name, detail, package) or Check(name, "fail", detail, project.PIP_INSTALL)
     if env.cuda and cuda is False:
         detail = f"{version} imported, but this build has no CUDA support"
         return same_cause(name, detail, package) or Check(
@@ -223,7 +223,7 @@ def probe_torch(env: Env) -> Check:
     """Also leaves what torch saw in env.torch: the GPU checks fall back on it where nvidia-smi says little."""
     info = env.torch = _torch_facts()
     if "error" in info and "version" not in info:
-        return Check("torch", "fail", f"import failed: {info['error']}", PIP_INSTALL)
+        return Check("torch", "fail", f"import failed: {info['error']}", project.PIP_INSTALL)
     if "error" in info:
         return Check("torch", "fail", f"{info['version']}: CUDA query failed: {info['error']}", torch_cuda_fix(env))
     build = f"CUDA {info['cuda_build']} build" if info["cuda_build"] else "CPU-only build"
@@ -262,6 +262,6 @@ def probe_bitsandbytes(env: Env) -> Check:
             packages = check_packages(env)  # it lists bitsandbytes when that is not installed
             missing = env.installed.get("bitsandbytes") is None and "bitsandbytes" in packages.detail
             return (missing and same_cause("bitsandbytes", detail, packages)) or Check(
-                "bitsandbytes", "fail", detail, PIP_INSTALL
+                "bitsandbytes", "fail", detail, project.PIP_INSTALL
             )
     return Check("bitsandbytes", "ok", f"{version} imported (QLoRA's 4-bit base model)")

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OLIVE_CONFIG = ROOT / "fine-tuning" / "olive-config.json"
 REQUIREMENTS = ROOT / "setup" / "requirements.txt"
 GEN_MODEL = ROOT / "gen-model"
+# how every script tells the user to install what setup/requirements.txt pins
+PIP_INSTALL = "python -m pip install -r setup/requirements.txt"
 
 
 def load() -> dict:
@@ -23,6 +25,12 @@ def prompt_text(question: str, project: dict | None = None) -> str:
     """The text the model sees before it answers, exactly as in training."""
     chat = (project or load())["chat_format"]
     return f"{chat['user']}{question}{chat['end']}{chat['assistant']}"
+
+
+def chat_tokens(chat_format: dict) -> list[str]:
+    """The special tokens of a chat format (setup/project.json "chat_format"), end-of-text first."""
+    turns = [chat_format[turn].strip() for turn in ("user", "assistant", "end")]
+    return list(dict.fromkeys(chat_format.get("reserved", []) + turns))
 
 
 def end_token(project: dict | None = None) -> str:

@@ -29,7 +29,6 @@ import run  # noqa: E402
 import tiny_model  # noqa: E402
 
 SMOKE_STEPS = 6
-SMOKE_SEQ_LEN = 128
 NEW_TOKENS = 12
 
 
@@ -39,11 +38,11 @@ def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tupl
     changes = [f"input model -> {model_dir}"]
     smoke["input_model"]["model_path"] = str(model_dir)
     for data_config in smoke.get("data_configs", []):
-        data_config["pre_process_data_config"]["max_seq_len"] = SMOKE_SEQ_LEN
+        data_config["pre_process_data_config"]["max_seq_len"] = tiny_model.SEQ_LEN
         files = data_config["load_dataset_config"]["data_files"]
         data_config["load_dataset_config"]["data_files"] = str(project.ROOT / files)
     if smoke.get("data_configs"):
-        changes.append(f"max_seq_len -> {SMOKE_SEQ_LEN}")
+        changes.append(f"max_seq_len -> {tiny_model.SEQ_LEN}")
     for spec in smoke["passes"].values():
         if "training_args" in spec:
             spec["training_args"].update(max_steps=SMOKE_STEPS, eval_steps=SMOKE_STEPS // 2, logging_steps=1)

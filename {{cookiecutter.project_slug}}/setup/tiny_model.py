@@ -9,20 +9,18 @@ the real model, in seconds and without a download.
 import json
 from pathlib import Path
 
+from project import chat_tokens
+
 # head_dim 64: onnxruntime's GroupQueryAttention needs rotary_dim / 2 to be a multiple of 8 (Phi-4-mini: 0.75 x 64)
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 192, 2, 3, 384
+# max_seq_len of every run on the tiny model: the smoke run and the benchmarks' --tiny
+SEQ_LEN = 128
 # Wider than the usual 0.02 so that greedy decoding of the random model varies from token to token, which
 # makes the ONNX-vs-PyTorch token comparison meaningful.
 INIT_STD = 0.2
 # One pattern for every pre-tokenizer difference between transformers and onnxruntime-genai: merges never
 # cross punctuation, symbols or newlines, so both libraries split text into the same tokens.
 PUNCTUATION = r"[\p{P}\p{S}\n]"
-
-
-def chat_tokens(project: dict) -> list[str]:
-    """The special tokens of the model's chat format (setup/project.json), end-of-text first."""
-    chat = project["chat_format"]
-    return list(dict.fromkeys(chat["reserved"] + [chat[turn].strip() for turn in ("user", "assistant", "end")]))
 
 
 def _corpus(project: dict, dataset: Path) -> list[str]:
@@ -67,7 +65,9 @@ def build_tokenizer(project: dict, dataset: Path, out: Path, vocab_size: int = 8
         tokenizer.train_from_iterator(corpus, trainer)
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         settings = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in chat_tokens(project)])
+    tokenizer.add_special_tokens(
+        [AddedToken(t, normalized=False, special=True) for t in chat_tokens(project["chat_format"])]
+    )
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out / "tokenizer.json"))
     settings.update(
@@ -136,6 +136,9 @@ def build(project: dict, dataset: Path, out: Path, seed: int = 0) -> Path:
     config = model_config(project, tokenizer)
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(config).to(torch.bfloat16)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    model.generation_config.eos_token_id = [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids(project["chat_format"]["end"].strip()),
+    ]
     model.save_pretrained(out)
     return out
