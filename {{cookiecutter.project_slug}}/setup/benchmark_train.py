@@ -528,7 +528,8 @@ def device_info(torch, cuda: bool) -> dict:
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), **{name: installed_version(name) for name in PACKAGES}}
+    found = {name: installed_version(name) for name in PACKAGES}
+    return {"python": platform.python_version(), **found}
 
 
 def _quiet(transformers) -> None:
