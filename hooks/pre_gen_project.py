@@ -82,6 +82,16 @@ def validate(context: dict) -> list[str]:
     if len(columns) == 2 and columns[0] == columns[1]:
         errors.append("answer_column: it is the same column as question_column; name the column holding answers")
 
+    method, gpu_memory = context["finetune_method"], context["gpu_memory"]
+    every = {name: found for name, found in context["_training_profiles"].items() if isinstance(found, dict)}
+    profiles = every.get(method)
+    if profiles is not None and gpu_memory not in profiles:
+        fits = [name for name, found in every.items() if gpu_memory in found]
+        names = list(profiles)
+        errors.append(
+            f"gpu_memory: {gpu_memory} has no {method} profile (LoRA's bf16 weights alone are 7.1 GiB); "
+            f"choose finetune_method {' or '.join(fits)}, or gpu_memory {', '.join(names[:-1])} or {names[-1]}"
+        )
     if context["finetune_method"] == "none" and context["onnx_precision"] == "none":
         errors.append(
             "onnx_precision: with finetune_method 'none' there is nothing to do; choose int4, fp16 or fp32, "

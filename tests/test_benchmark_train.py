@@ -127,6 +127,25 @@ def test_qlora_adapts_every_4bit_linear_with_olives_defaults(projects, python):
     assert_sane(run)
 
 
+@pytest.mark.pipeline
+def test_a_failed_column_is_recorded_and_the_others_run(projects, python):
+    """A column that breaks in training (batch 0 here; out of memory on a GPU) fails alone: the others run, the
+    JSON holds every column, and the exit code says one failed. '--compare config' puts the config first."""
+    project = projects["lora"]
+    columns = ["config", "bad:per_device_train_batch_size=0", "b2:per_device_train_batch_size=2"]
+    compare = [arg for column in columns for arg in ("--compare", column)]
+    result = benchmark(python, project, "--tiny", *compare, "--json", "partial.json")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("ERROR: --compare: bad failed")
+    summary = json.loads((project / "partial.json").read_text(encoding="utf-8"))
+    assert [run["label"] for run in summary["runs"]] == ["config", "bad", "b2"]
+    config, bad, two = summary["runs"]
+    assert bad["failed"].startswith("exit code ") and "results" not in bad
+    for run in (config, two):
+        assert "failed" not in run and run["results"]["tokens_per_s"] > 0
+    assert "[benchmark] bad failed" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
     [

@@ -24,6 +24,9 @@ H100 = "NVIDIA H100 80GB HBM3, 81559, 81000, 9.0, 550.54.15"
 T4 = "Tesla T4, 15360, 14900, 7.5, 535.104.05"
 V100 = "Tesla V100-SXM2-32GB, 32768, 32000, 7.0, 535.104.05"
 RTX_6GB = "NVIDIA GeForce RTX 3050 6GB Laptop GPU, 6144, 5900, 8.6, 551.86"
+RTX_4090 = "NVIDIA GeForce RTX 4090, 24564, 24000, 8.9, 550.54.15"
+RTX_8GB = "NVIDIA GeForce RTX 4060, 8188, 7900, 8.9, 551.86"
+PROFILES = CONTEXT["_training_profiles"]
 DRIVER_DOWN = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
     "Make sure that the latest NVIDIA driver is installed and running."
@@ -38,6 +41,19 @@ def projects(tmp_path_factory):
         "qlora_cuda": {"finetune_method": "qlora"},
         "lora_cpu": {"execution_provider": "cpu"},
         "azure_cpu": {"compute_target": "azureml", "execution_provider": "cpu"},
+    }
+    return {name: bake(root / name, **extra) for name, extra in answers.items()}
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profiles")
+    answers = {
+        "lora_40gb": {"gpu_memory": "40gb"},
+        "lora_24gb": {"gpu_memory": "24gb"},
+        "qlora_8gb": {"finetune_method": "qlora", "gpu_memory": "8gb"},
+        "qlora_16gb": {"finetune_method": "qlora"},
+        "phi4_24gb": {"base_model": "microsoft/Phi-4-mini-instruct", "gpu_memory": "24gb"},
     }
     return {name: bake(root / name, **extra) for name, extra in answers.items()}
 
@@ -294,12 +310,122 @@ def test_json_matches_the_table(projects, qlora_full, mode):
 # ---------------------------------------------------------------- emulated GPUs (fake nvidia-smi)
 
 
-def test_h100_is_ready_for_lora(projects, tmp_path):
+def profile_need(method: str, gpu_memory: str) -> str:
+    """The need check_env states for a profile: its measured peak plus the CUDA context, as in the row."""
+    return f"about {round(PROFILES[method][gpu_memory]['peak_gib'] + 0.5, 1)} GiB"
+
+
+def test_h100_is_ready_for_lora_and_names_the_faster_profile(projects, tmp_path):
     found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, H100))
     driver = found["nvidia driver"]
     assert driver["status"] == "ok" and "NVIDIA H100 80GB HBM3" in driver["detail"] and "550.54.15" in driver["detail"]
-    assert found["gpu memory"]["status"] == "ok" and "about 10 GiB" in found["gpu memory"]["detail"]
+    memory = found["gpu memory"]
+    assert memory["status"] == "ok" and f"the 16gb profile (batch 1) needs {profile_need('lora', '16gb')}" in (
+        memory["detail"]
+    )
+    fastest = PROFILES["lora"]["40gb"]["tokens_per_s"]
+    assert f"fits the 40gb profile: {fastest:,} tokens/s against 8,830" in memory["detail"]
+    assert "gpu_memory=40gb" in memory["detail"]
     assert found["bf16 (compute capability)"]["status"] == "ok"
+
+
+def test_a_profile_too_big_for_the_card_names_the_one_that_fits(profiled, tmp_path):
+    found, _ = checks(profiled["lora_40gb"], "--fast", env=card(tmp_path, RTX_4090))
+    memory = found["gpu memory"]
+    assert found["liger kernels"]["status"] == "fail"  # not installed here; its own row
+    assert memory["status"] == "fail" and f"the 40gb profile (batch 4) needs {profile_need('lora', '40gb')}" in (
+        memory["detail"]
+    )
+    assert memory["fix"].startswith("generate the project with gpu_memory=24gb (about 17.5 GiB)")
+    # the 24gb profile on the same card: fits, and nothing faster does
+    found, _ = checks(profiled["lora_24gb"], "--fast", env=card(tmp_path, RTX_4090))
+    assert found["gpu memory"]["status"] == "ok" and "fits the" not in found["gpu memory"]["detail"]
+
+
+def test_t4_with_the_qlora_16gb_profile_drops_its_bf16_autocast_too(profiled, tmp_path):
+    found, _ = checks(profiled["qlora_16gb"], "--fast", env=card(tmp_path, T4))
+    bf16 = found["bf16 (compute capability)"]
+    assert bf16["status"] == "fail"
+    assert bf16["fix"].startswith('set passes.qlora.torch_dtype in fine-tuning/olive-config.json to "float16"')
+    assert bf16["fix"].endswith(', and remove "bf16": true from passes.qlora.training_args')
+
+
+def test_qlora_8gb_profile_fits_an_8gb_card(profiled, tmp_path):
+    found, _ = checks(profiled["qlora_8gb"], "--fast", env=card(tmp_path, RTX_8GB))
+    memory = found["gpu memory"]
+    assert memory["status"] == "ok" and profile_need("qlora", "8gb") in memory["detail"]
+
+
+def edit_training_args(project: Path, folder: Path, **changes) -> Path:
+    """A copy of the project whose LoRA/QLoRA training_args are changed (a value None removes the key)."""
+    copy = Path(shutil.copytree(project, folder))
+    config_path = copy / "fine-tuning" / "olive-config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    args = next(spec for spec in config["passes"].values() if "training_args" in spec)["training_args"]
+    for key, value in changes.items():
+        if value is None:
+            del args[key]
+        else:
+            args[key] = value
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    return copy
+
+
+def test_a_profile_row_copied_from_the_readme_counts_as_that_profile(projects, tmp_path):
+    row = {key: PROFILES["lora"]["24gb"][key] for key in ("per_device_train_batch_size", "gradient_checkpointing")}
+    project = edit_training_args(projects["lora_cuda"], tmp_path / "p", bf16=True, **row)
+    found, _ = checks(project, "--fast", env=card(tmp_path / "bin", H100))
+    memory = found["gpu memory"]
+    assert memory["status"] == "ok" and f"the 24gb profile (batch 1) needs {profile_need('lora', '24gb')}" in (
+        memory["detail"]
+    )
+    assert "against 13,481" in memory["detail"]  # the hint compares with the settings in use
+
+
+def test_a_batch_the_config_leaves_out_is_transformers_8(projects, tmp_path):
+    project = edit_training_args(projects["lora_cuda"], tmp_path / "p", per_device_train_batch_size=None)
+    found, _ = checks(project, "--fast", env=card(tmp_path / "bin", H100))
+    memory = found["gpu memory"]
+    assert memory["status"] == "warn" and "profile" not in memory["detail"] and "batch 8" in memory["detail"]
+
+
+def test_lora_on_an_8gb_card_is_sent_to_the_8gb_qlora_profile(projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, RTX_8GB))
+    memory = found["gpu memory"]
+    assert memory["status"] == "fail"
+    assert f"finetune_method=qlora gpu_memory=8gb ({profile_need('qlora', '8gb')})" in memory["fix"]
+
+
+def test_a_profile_measured_on_another_shape_warns_for_phi4(profiled, tmp_path):
+    found, _ = checks(profiled["phi4_24gb"], "--fast", env=card(tmp_path, H100))
+    memory = found["gpu memory"]
+    assert memory["status"] == "warn" and "measured on microsoft/Phi-3-mini-4k-instruct" in memory["detail"]
+    assert "gradient_checkpointing" in memory["fix"]
+
+
+def test_liger_row(profiled, projects, tmp_path):
+    found, _ = checks(projects["lora_cuda"], "--fast", env=card(tmp_path, H100))
+    assert found["liger kernels"]["status"] == "skip"  # the 16gb profile does not use them
+    found, _ = checks(profiled["lora_40gb"], "--fast", env=card(tmp_path, H100))
+    liger = found["liger kernels"]
+    # this CPU test environment has no liger-kernel (it needs Triton): the 40gb project pins it for Linux
+    assert liger["status"] == "fail" and "passes.lora.training_args.use_liger_kernel is true" in liger["detail"]
+    assert liger["fix"] == "python -m pip install -r setup/requirements.txt"
+    assert "liger-kernel" not in found["packages"]["detail"]  # one cause, one row
+    copied = edit_training_args(projects["lora_cuda"], tmp_path / "p", use_liger_kernel=True)
+    found, _ = checks(copied, "--fast", env=card(tmp_path / "bin", H100))
+    assert found["liger kernels"]["fix"].startswith("python -m pip install liger-kernel")
+
+
+def test_a_changed_batch_leaves_the_profile_and_warns(projects, tmp_path):
+    project = Path(shutil.copytree(projects["lora_cuda"], tmp_path / "p"))
+    config_path = project / "fine-tuning" / "olive-config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["passes"]["lora"]["training_args"]["per_device_train_batch_size"] = 2
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    found, _ = checks(project, "--fast", env=card(tmp_path / "bin", H100))
+    memory = found["gpu memory"]
+    assert memory["status"] == "warn" and "profile" not in memory["detail"] and "batch 2" in memory["detail"]
 
 
 def test_t4_has_no_bf16(projects, tmp_path):

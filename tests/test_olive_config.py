@@ -4,8 +4,30 @@ import importlib.util
 import json
 
 import pytest
-from conftest import bake
+from conftest import CONTEXT, TEMPLATE, bake
 from test_template import CASES
+
+PROFILES = CONTEXT["_training_profiles"]
+PROFILE_CASES = [(method, name) for method in ("lora", "qlora") for name in PROFILES[method]]
+PROFILE_KEYS = ("per_device_train_batch_size", "gradient_checkpointing", "bf16", "use_liger_kernel")
+GPU_RECORDS = TEMPLATE / "docs/gpu/2026-11-28-h200"  # setup/benchmark_train.py --json of each device call
+
+
+@pytest.mark.parametrize(("method", "gpu_memory"), PROFILE_CASES, ids=["-".join(c) for c in PROFILE_CASES])
+def test_each_profile_is_the_measured_run_it_names(method, gpu_memory):
+    """The profile's settings and figures are those of one recorded GPU run, not typed in."""
+    profile = PROFILES[method][gpu_memory]
+    path, label = profile["measured_in"].split("#")
+    summary = json.loads((GPU_RECORDS / path).read_text(encoding="utf-8"))
+    (run,) = [run for run in summary["runs"] if run["label"] == label]
+    assert summary["finetune_method"] == method and summary["size"] == "full"
+    assert "H200" in run["device"]["name"] and run["settings"]["data"]["max_seq_len"] == 2048
+    trainer = run["settings"]["trainer"]
+    for key in ("per_device_train_batch_size", "gradient_checkpointing", "bf16"):
+        assert trainer[key] == profile[key], key
+    assert ("training_args.use_liger_kernel=true" in run["overrides"]) is profile["use_liger_kernel"]
+    assert round(run["results"]["tokens_per_s"]) == profile["tokens_per_s"]
+    assert round(run["results"]["peak_memory"]["reserved_gib"], 2) == profile["peak_gib"]
 
 
 def load_checker(project):
@@ -28,6 +50,36 @@ def test_every_generated_config_passes_the_deep_check(tmp_path, checker, case):
         onnx_precision=precision, base_model=model,
     )
     assert checker.check(project / "fine-tuning/olive-config.json") == []
+
+
+@pytest.mark.parametrize(("method", "gpu_memory"), PROFILE_CASES, ids=["-".join(c) for c in PROFILE_CASES])
+def test_each_gpu_profile_renders_its_measured_settings(tmp_path, checker, method, gpu_memory):
+    profile = PROFILES[method][gpu_memory]
+    project = bake(tmp_path, finetune_method=method, gpu_memory=gpu_memory)
+    config = json.loads((project / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
+    args = config["passes"][method]["training_args"]
+    found = {key: args.get(key, False) for key in PROFILE_KEYS}
+    assert found == {key: profile[key] for key in PROFILE_KEYS}
+    batch = profile["per_device_train_batch_size"]
+    assert args["per_device_eval_batch_size"] == batch
+    assert batch * args["gradient_accumulation_steps"] == PROFILES["samples_per_step"]
+    # bf16 and Liger are GPU settings: the deep check reads every key on this CPU machine all the same
+    assert checker.check(project / "fine-tuning/olive-config.json") == []
+    requirements = (project / "setup/requirements.txt").read_text(encoding="utf-8")
+    liger = f'liger-kernel=={CONTEXT["_pins"]["liger-kernel"]}; sys_platform == "linux"'
+    assert (liger in requirements) is profile["use_liger_kernel"]
+    facts = json.loads((project / "setup/project.json").read_text(encoding="utf-8"))
+    assert facts["gpu_memory"] == gpu_memory and facts["training_profiles"] == PROFILES
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert f"| {gpu_memory} (this project) | {batch} |" in readme
+    assert readme.count(" (this project) |") == 1 and f"{profile['tokens_per_s']:,}" in readme
+
+
+def test_a_typed_batch_size_keeps_four_samples_per_step(tmp_path):
+    project = bake(tmp_path, gpu_memory="40gb", per_device_train_batch_size="2")
+    args = json.loads((project / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))["passes"]["lora"]
+    assert args["training_args"]["per_device_train_batch_size"] == 2
+    assert args["training_args"]["gradient_accumulation_steps"] == 2
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,18 @@ def test_smoke_pipeline_trains_merges_builds_and_answers(smoke, method, family, 
 
 
 @pytest.mark.pipeline
+def test_a_gpu_profile_project_smoke_runs_on_a_cpu_without_its_gpu_settings(smoke):
+    """The 40gb profile sets bf16 autocast and Liger's Triton kernels: the CPU smoke run trains without both and
+    says so; the project's own config keeps them."""
+    project, result, _ = smoke(gpu_memory="40gb", onnx_precision="int4")
+    assert "no CUDA GPU here: training without bf16, use_liger_kernel (the GPU profile's)" in result.stdout
+    assert (project / "gen-model/smoke/adapter/adapter_model.safetensors").is_file()
+    config = json.loads((project / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
+    args = config["passes"]["lora"]["training_args"]
+    assert args["bf16"] is True and args["use_liger_kernel"] is True and args["per_device_train_batch_size"] == 4
+
+
+@pytest.mark.pipeline
 def test_qlora_int4_runs_olive_twice_split_at_rtn(smoke):
     """olive-ai 0.13 carries QLoRA's bitsandbytes load settings into the merged model, which Rtn refuses; run.py
     starts a second olive run at Rtn from the merged model."""

@@ -16,10 +16,12 @@ done
 NAMES="olive-ai datasets bitsandbytes dill multiprocess pydantic pydantic_core annotated-types typing-inspection
 opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions optuna alembic SQLAlchemy Mako colorlog
 questionary prompt_toolkit wcwidth"
+# liger-kernel is not in this venv (it needs Triton): its version comes from cookiecutter.json's _pins
+LIGER=$("$PY" -c 'import json; print(json.load(open("cookiecutter.json"))["_pins"]["liger-kernel"])')
 # shellcheck disable=SC2086
 WHEELS=$("$PY" -c 'import sys; from importlib.metadata import version as v; print(" ".join(f"{n}=={v(n)}" for n in sys.argv[1:]))' $NAMES)
 # shellcheck disable=SC2086
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl $WHEELS
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl $WHEELS "liger-kernel==$LIGER"
 du -sh .gpu

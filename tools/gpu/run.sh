@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# The GPU training benchmark in one `device` call: tools/gpu/run.sh lora|qlora (after tools/gpu/prepare.sh).
-#   device run, carry [".gpu"], timeout_s 600: bash tools/gpu/run.sh lora     (then qlora on the warm machine)
-# Each column is setup/benchmark_train.py's own process on the same random Phi-3-mini (built once, 7.2 GB);
-# JSON and logs go to $OUT. TINY=1 runs the same commands on the tiny model with this machine's Python (a
-# check of this script, not a figure).
+# The GPU training benchmark in one `device` call (after tools/gpu/prepare.sh):
+#   device run, carry [".gpu"], timeout_s 600: bash tools/gpu/run.sh [GROUP ...]
+# Groups run in the order given, so a call cut short keeps what finished: each group is one
+# setup/benchmark_train.py --compare run (every column its own process) whose JSON is rewritten after each column.
+# Every column trains the same random Phi-3-mini (built once, 7.2 GB) at the config's seq 2048 with gradient
+# accumulation 1 (tokens/s does not depend on it; it keeps the steps short). JSON and the log go to $OUT.
+# TINY=1 runs the same columns on the tiny model with this machine's Python (a check of this script, not a figure).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-method=${1:?usage: tools/gpu/run.sh lora|qlora}
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 export OLIVE_DISABLE_TELEMETRY=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-cpu=""
 if [ -n "${TINY:-}" ]; then
-    PY=${PY:-$PWD/.venv/bin/python}; size=(--tiny); cpu=",use_cpu=true"  # the Trainer refuses bf16 on a CPU without it
+    PY=${PY:-$PWD/.venv/bin/python}; size=(--tiny)  # on a CPU the benchmark trains without bf16 and Liger
 else
-    PY=python3; size=(--model-dir /tmp/phi3-mini-random)
+    PY=python3; size=(--model-dir /tmp/phi3-mini-random --warmup 2 --steps 4)
     export PYTHONPATH=/tmp/site  # first on sys.path: the pinned wheels win over the image's packages
     if [ ! -f /tmp/site/.installed ]; then  # a warm machine keeps them from the first call
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -25,13 +25,49 @@ fi
 "$PY" -c "import torch, transformers, peft, olive, datasets; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'peft', peft.__version__, 'olive', olive.__version__, 'datasets', datasets.__version__)" \
     | tee "$OUT/versions.txt" || exit 1
-b=per_device_train_batch_size; ckpt=gradient_checkpointing
-if [ "$method" = lora ]; then
-    compare=(--compare seed --compare "b4:$b=4,$ckpt=false" --compare "b8ckpt:$b=8"
-             --compare "b4bf16:$b=4,$ckpt=false,bf16=true$cpu" --compare "b4compile:$b=4,$ckpt=false,torch_compile=true")
-else
-    compare=(--compare seed --compare "b4ckpt:$b=4" --compare "b8ckpt:$b=8")
-fi
-cd ".gpu/$method/project" || exit 1
-"$PY" setup/benchmark_train.py "${size[@]}" "${compare[@]}" --json "$OUT/$method.json" 2>&1 | tee "$OUT/$method.log"
-exit "${PIPESTATUS[0]}"
+b=per_device_train_batch_size; ckpt=gradient_checkpointing; bf16="bf16=true"
+# name method label:overrides ...  (config: the baked project's own settings, batch 1 with checkpointing; a
+# group that does not name it runs it last, which in the second groups measures the run-to-run spread)
+group() {
+    local name=$1 method=$2; shift 2
+    local compare=() item
+    for item in "$@"; do compare+=(--compare "$item"); done
+    echo "[gpu] $(date +%T) $name" | tee -a "$OUT/gpu.log"
+    (cd ".gpu/$method/project" && "$PY" setup/benchmark_train.py "${size[@]}" --set gradient_accumulation_steps=1 \
+        "${compare[@]}" --json "$OUT/$name.json") 2>&1 | tee -a "$OUT/gpu.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || failed+=("$name")
+}
+failed=()
+# One column per gpu_memory profile of a method, read from cookiecutter.json's _training_profiles (the one
+# source), each as LABEL:KEY=VALUE,... with every setting a profile sets
+profile_columns() {
+    "$PY" - "$1" <<'PYTHON'
+import json, sys
+profiles = json.load(open("cookiecutter.json", encoding="utf-8"))["_training_profiles"][sys.argv[1]]
+keys = ("per_device_train_batch_size", "gradient_checkpointing", "bf16", "use_liger_kernel")
+for name, profile in profiles.items():
+    print(f"{name}:" + ",".join(f"{key}={json.dumps(profile[key])}" for key in keys))
+PYTHON
+}
+# default: every profile beside the seed (LoRA) or the batch-1 config (QLoRA), side by side in one run per
+# method; lora1 ... kernels are the groups of 2026-11-28's two calls (docs/gpu/2026-11-28-h200/)
+all=(profiles-lora profiles-qlora)
+started=$(date +%s)
+for name in "${@:-${all[@]}}"; do
+    case $name in
+    # shellcheck disable=SC2086  # one column per line, no spaces inside one: split on purpose
+    profiles-lora) columns=$(profile_columns lora) || exit 1; group profiles-lora lora seed $columns ;;
+    profiles-qlora) columns=$(profile_columns qlora) || exit 1; group profiles-qlora qlora config $columns ;;
+    lora1) group lora1 lora seed config "b4:$b=4,$ckpt=false" "b4bf16:$b=4,$ckpt=false,$bf16" \
+        "b8bf16:$b=8,$ckpt=false,$bf16" "b1bf16:$b=1,$ckpt=false,$bf16" ;;
+    qlora1) group qlora1 qlora config "b2ckpt:$b=2" "b4ckpt:$b=4" "b8ckpt:$b=8" "b4ckptbf16:$b=4,$bf16" ;;
+    lora2) group lora2 lora "b2bf16:$b=2,$ckpt=false,$bf16" "b16ckptbf16:$b=16,$bf16" \
+        "b4bf16compile:$b=4,$ckpt=false,$bf16,torch_compile=true" ;;
+    qlora2) group qlora2 qlora "b1:$b=1,$ckpt=false" "b8ckptbf16:$b=8,$bf16" "b2bf16:$b=2,$ckpt=false,$bf16" ;;
+    kernels) group kernels lora "b4bf16:$b=4,$ckpt=false,$bf16" "b4bf16liger:$b=4,$ckpt=false,$bf16,use_liger_kernel=true" \
+        "b4bf16compile:$b=4,$ckpt=false,$bf16,torch_compile=true" config ;;
+    *) echo "unknown group $name (${all[*]} lora1 qlora1 lora2 qlora2 kernels)"; exit 2 ;;
+    esac
+done
+echo "[gpu] $(date +%T) done in $(($(date +%s) - started)) s; failed: ${failed[*]:-none}" | tee -a "$OUT/gpu.log"
+[ ${#failed[@]} = 0 ]

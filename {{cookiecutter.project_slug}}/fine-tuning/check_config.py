@@ -15,6 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "setup"))
+import project  # noqa: E402
+
 IGNORED_MARKERS = ("Ignoring", "not part of", "is not a field of")
 # olive-ai 0.13 overwrites target_modules with every 4-bit linear layer in these passes
 QUANTIZED_LORA = ("qlora", "loftq")
@@ -84,14 +87,32 @@ def check(config_path: Path) -> list[str]:
                         )
                     training_args = getattr(built, "training_args", None)
                     if training_args is not None:
-                        with tempfile.TemporaryDirectory() as tmp:
-                            training_args.output_dir = tmp
-                            training_args.create_training_args()
-                            training_args.output_dir = None
+                        _build_training_args(training_args)
     finally:
         olive_logger.removeHandler(collector)
     problems.extend(f"Olive would ignore a setting: {message}" for message in collector.messages)
     return problems
+
+
+def _build_training_args(training_args) -> None:
+    """Build the TrainingArguments, which rejects unknown fields, from a copy without the GPU-only settings:
+    whether this machine can run bf16 or Liger is setup/check_env.py's question, not the config's.
+
+    Building them with torch_compile also switches TF32 on through torch's new fp32_precision API; Olive's pass
+    later reads the legacy allow_tf32 flag, which torch refuses once the two disagree, so a check run in Olive's
+    process (setup/benchmark_train.py) puts it back."""
+    import torch
+
+    args = training_args.model_copy(deep=True)
+    project.drop_gpu_only(args.extra_args)
+    saved = getattr(torch.backends, "fp32_precision", None)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.output_dir = tmp
+            args.create_training_args()
+    finally:
+        if saved is not None:
+            torch.backends.fp32_precision = saved
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@ tokens/s = batch x gradient_accumulation_steps x max_seq_len x timed steps / the
 the last warm-up step to the end of the last step. Model FLOPs per token are 4 N (N: the base model's
 parameters; forward 2 N, backward through the frozen weights 2 N; attention scores not counted); with gradient
 checkpointing the hardware runs the forward twice, 6 N. Utilisation divides by the matmul rate measured here in
-the training dtype. Each --compare run is a fresh process, so each has its own memory peak.
+the training dtype. Each --compare run is a fresh process, so each has its own memory peak; a column that fails
+(out of memory, say) is recorded and the next one runs, and --json is rewritten after every column.
 """
 
 import argparse
@@ -128,10 +129,11 @@ def parse_set(item: str, flag: str = "--set") -> tuple[str, str, object]:
 
 
 def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
-    """--compare items -> (label, KEY=VALUE overrides) per run, in order, with the config's own run last.
+    """--compare items -> (label, KEY=VALUE overrides) per run, in order.
 
     'seed' is the CookBook's settings and LABEL:KEY=VALUE,KEY=VALUE any other set of overrides (a comma starts a
-    new override only before KEY=, so JSON lists survive); 'config', the config as it is, always runs last.
+    new override only before KEY=, so JSON lists survive); 'config', the config as it is, runs where it is named,
+    or last.
     """
     plans, labels = [], set()
     for item in items:
@@ -145,6 +147,7 @@ def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
         if label in ("seed", "config") and sep:
             raise BenchmarkError(f"--compare {item}: {label!r} names fixed settings; give the overrides another label")
         if label == "config":
+            plans.append((label, []))
             continue
         if label == "seed":
             seed = dict(SEED, max_seq_len=tiny_model.SEQ_LEN) if tiny else SEED
@@ -159,7 +162,7 @@ def parse_compare(items: list[str], tiny: bool) -> list[tuple[str, list[str]]]:
                 "e.g. b4:per_device_train_batch_size=4,gradient_checkpointing=false"
             )
         plans.append((label, sets))
-    return [*plans, ("config", [])]
+    return plans if "config" in labels else [*plans, ("config", [])]
 
 
 def training_pass(config: dict) -> tuple[str, dict]:
@@ -425,6 +428,7 @@ def describe_training(args, model) -> dict:
         "fp16",
         "tf32",
         "torch_compile",
+        "use_liger_kernel",
         "learning_rate",
         "lr_scheduler_type",
         "max_grad_norm",
@@ -450,7 +454,14 @@ def describe_training(args, model) -> dict:
         "total": sum(_numel(p) for p in params),
         "quantized_4bit": any(getattr(p, "quant_state", None) is not None for p in params),
     }
-    return {"trainer": trainer, "peft": peft, "parameters": counts}
+    adapters = [p for n, p in model.named_parameters() if "lora_A" in n]
+    # peft keeps adapters in float32 over a bf16 model unless told otherwise; the attention kernel is the
+    # loader's choice: both change speed and memory, so both are recorded
+    kernels = {
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "adapter_dtype": str(adapters[0].dtype).removeprefix("torch.") if adapters else None,
+    }
+    return {"trainer": trainer, "peft": peft, "parameters": counts, "kernels": kernels}
 
 
 # ---------------------------------------------------------------- one run through Olive's pass
@@ -605,6 +616,7 @@ def run_benchmark(args, facts: dict, config: dict, model_dir: Path, label: str) 
     warmup, steps = args.warmup, args.steps
     derived = derive_config(config, model_dir, all_sets(args), warmup + steps)
     _check_config(derived)  # before the model is built: a typo costs seconds
+    dropped = [] if cuda else project.drop_gpu_only(training_pass(derived)[1]["training_args"])
     base_parameters = ensure_model(model_dir, facts, config, model_size(args), "cuda" if cuda else "cpu")
     the_pass, input_model = _olive_pass(derived)
     settings = _pass_settings(the_pass, derived)
@@ -635,6 +647,7 @@ def run_benchmark(args, facts: dict, config: dict, model_dir: Path, label: str) 
             f"random token ids, every sample {seq_len} tokens",
             f"max_steps {warmup + steps} ({warmup} warm-up + {steps} timed)",
             "no evaluation, no progress bar",
+            *([f"no CUDA GPU: without {', '.join(dropped)}"] if dropped else []),
         ],
         "results": figures(clock, steps, seq_len, base_parameters, rate),
         "device": device_info(torch, cuda),
@@ -684,6 +697,7 @@ def report_rows(run: dict) -> list[tuple[str, str]]:
         ("gradient checkpointing", _on(trainer["gradient_checkpointing"])),
         ("bf16 autocast / compile", f"{_on(trainer['bf16'])} / {_on(trainer.get('torch_compile'))}"),
         ("optimizer", trainer["optim"]),
+        ("attention / adapter dtype", f"{s['kernels']['attn_implementation']} / {s['kernels']['adapter_dtype']}"),
         ("tokens/s", _rate(r["tokens_per_s"])),
         ("s per step", f"{r['timed_seconds'] / len(r['step_seconds']):.3f}"),
         ("peak memory GiB", _gib(r["peak_memory"])),
@@ -699,34 +713,45 @@ def report_rows(run: dict) -> list[tuple[str, str]]:
 
 
 def print_report(summary: dict) -> None:
-    runs = summary["runs"]
-    columns = [[label for label, _ in report_rows(runs[0])]]
-    columns += [[value for _, value in report_rows(run)] for run in runs]
-    headers = ["", *[run["label"] for run in runs]]
-    widths = [max(len(x) for x in [h, *col]) for h, col in zip(headers, columns, strict=True)]
+    runs = [run for run in summary["runs"] if "failed" not in run]
     device = summary["device"]
+    parameters = summary["base_parameters"]
     print(
-        f"\n[benchmark] {summary['base_model']} ({summary['size']}, {_count(summary['base_parameters'])} "
+        f"\n[benchmark] {summary['base_model']} ({summary['size']}, {_count(parameters) if parameters else '?'} "
         f"parameters) on {device['name']}"
     )
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in range(len(columns[0])):
-        print("  ".join(col[row].ljust(w) for col, w in zip(columns, widths, strict=True)).rstrip())
+    if runs:
+        columns = [[label for label, _ in report_rows(runs[0])]]
+        columns += [[value for _, value in report_rows(run)] for run in runs]
+        headers = ["", *[run["label"] for run in runs]]
+        widths = [max(len(x) for x in [h, *col]) for h, col in zip(headers, columns, strict=True)]
+        print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+        for row in range(len(columns[0])):
+            print("  ".join(col[row].ljust(w) for col, w in zip(columns, widths, strict=True)).rstrip())
+    for run in summary["runs"]:
+        if "failed" in run:
+            print(f"[benchmark] {run['label']} failed: {run['failed']}")
 
 
 def summarise(runs: list, facts: dict, args) -> dict:
+    done = [run for run in runs if "failed" not in run]
     return {
         "benchmark": "setup/benchmark_train.py",
         "base_model": facts["base_model"],
         "finetune_method": facts.get("finetune_method"),
         "size": model_size(args),
-        "base_parameters": runs[0]["results"]["base_parameters"],
+        "base_parameters": done[0]["results"]["base_parameters"] if done else None,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
-        "device": runs[0]["device"],
-        "versions": runs[0]["versions"],
+        "device": done[0]["device"] if done else {"name": "?"},
+        "versions": done[0]["versions"] if done else versions(),
         "runs": runs,
     }
+
+
+def write_json(path: Path | None, summary: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- --compare: one process per run
@@ -755,7 +780,9 @@ def _child_command(args, model_dir: Path, label: str, extra_sets: list, result: 
     return command
 
 
-def compare_runs(args, model_dir: Path) -> list:
+def compare_runs(args, facts: dict, model_dir: Path) -> list:
+    """Each column in its own process. A failed column (out of memory, say) is recorded and the next one runs;
+    with --json the figures so far are written after every column, so a run cut short keeps them."""
     plans = parse_compare(args.compare, args.tiny)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -763,9 +790,13 @@ def compare_runs(args, model_dir: Path) -> list:
             result = Path(scratch) / f"{label}.json"
             env = dict(project.olive_env(), PYTHONDONTWRITEBYTECODE="1")
             done = subprocess.run(_child_command(args, model_dir, label, extra, result), env=env, check=False)
-            if done.returncode != 0 or not result.is_file():
-                raise BenchmarkError(f"the {label} run failed (exit code {done.returncode}; its output is above)")
-            runs.append(json.loads(result.read_text(encoding="utf-8")))
+            if done.returncode == 0 and result.is_file():
+                runs.append(json.loads(result.read_text(encoding="utf-8")))
+            else:
+                failed = f"exit code {done.returncode}; its output is above"
+                print(f"[benchmark] {label} failed ({failed}); going on with the next column", flush=True)
+                runs.append({"label": label, "overrides": extra, "failed": failed})
+            write_json(args.json, summarise(runs, facts, args))
     return runs
 
 
@@ -791,9 +822,9 @@ def parse_args(argv):
         action="append",
         default=[],
         metavar="seed|LABEL:KEY=VALUE,...",
-        help="one more column, run in its own process before the config's own run: 'seed' is the CookBook's "
-        "settings (batch 1, no gradient checkpointing, seq 2048), LABEL:KEY=VALUE,... the config with those "
-        "overrides (as --set); repeat it for more columns",
+        help="one more column, run in its own process: 'seed' is the CookBook's settings (batch 1, no gradient "
+        "checkpointing, seq 2048), LABEL:KEY=VALUE,... the config with those overrides (as --set); repeat it for "
+        "more columns; the config as it is runs last, or where '--compare config' puts it",
     )
     parser.add_argument("--json", type=Path, help="write every figure, the device, versions and settings here")
     parser.add_argument(
@@ -831,8 +862,9 @@ def _benchmark(args, facts: dict, config: dict, model_dir: Path) -> dict | None:
         run = run_benchmark(args, facts, config, model_dir, args._label)
         args._result.write_text(json.dumps(run, indent=2), encoding="utf-8")
         return None
-    runs = compare_runs(args, model_dir) if args.compare else [run_benchmark(args, facts, config, model_dir, "config")]
-    return summarise(runs, facts, args)
+    if args.compare:
+        return summarise(compare_runs(args, facts, model_dir), facts, args)
+    return summarise([run_benchmark(args, facts, config, model_dir, "config")], facts, args)
 
 
 def main(argv=None) -> int:
@@ -859,11 +891,19 @@ def main(argv=None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
             if not any(scratch.parent.iterdir()):
                 scratch.parent.rmdir()
-    if summary is not None:
-        print_report(summary)
-        if args.json:
-            args.json.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-            print(f"[benchmark] figures, device, versions and settings: {args.json}")
+    if summary is None:
+        return 0
+    print_report(summary)
+    write_json(args.json, summary)
+    if args.json:
+        print(f"[benchmark] figures, device, versions and settings: {args.json}")
+    failed = [run["label"] for run in summary["runs"] if "failed" in run]
+    if failed:
+        print(
+            f"ERROR: --compare: {', '.join(failed)} failed (output above); the other columns are in the table",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

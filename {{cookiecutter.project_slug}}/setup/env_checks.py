@@ -7,7 +7,7 @@ import shutil
 import sys
 
 import project
-from env_facts import GENAI_PACKAGES, METHOD_NAMES, ORT_PACKAGES, Check, Env, Gpu, compute_label
+from env_facts import GENAI_PACKAGES, METHOD_NAMES, ORT_PACKAGES, Check, Env, Gpu, compute_label, installed_version
 
 # onnxruntime's wheels (1.31 and later) need Python 3.11 or later
 MIN_PYTHON = (3, 11)
@@ -36,7 +36,7 @@ DEFAULT_DOWNLOAD_GB = 7.7  # Phi-3-mini's safetensors
 # builder's fp32 graph instead was killed at 24.2 GB. merge, fp16, fp32: that step alone.
 HOST_RAM_GIB = {"merge": 7.7, "int4": 11.4, "fp16": 9.5, "fp32": 16.3}
 # torch and the onnxruntime packages have rows of their own; one missing package, one problem
-OWN_ROWS = {"torch", *ORT_PACKAGES, *GENAI_PACKAGES}
+OWN_ROWS = {"torch", "liger-kernel", *ORT_PACKAGES, *GENAI_PACKAGES}
 
 
 # ---------------------------------------------------------------- fixes the full-mode probes give too
@@ -173,34 +173,112 @@ def _need_gib(env: Env) -> int:
     return NEED_GIB.get((env.method, env.training["torch_dtype"]), NEED_GIB[(env.method, "bfloat16")])
 
 
+# what a CUDA context holds on the card beside the allocator's peak that the profiles record
+CUDA_CONTEXT_GIB = 0.5
+# the training_args a profile sets, with the value a config that leaves one out trains with (Olive's
+# gradient_checkpointing, transformers' batch size)
+PROFILE_DEFAULTS = {
+    "per_device_train_batch_size": 8,
+    "gradient_checkpointing": True,
+    "bf16": False,
+    "use_liger_kernel": False,
+}
+
+
+def _profiles(env: Env, method: str | None = None) -> dict:
+    """The measured gpu_memory profiles of this project's method (or another), by name."""
+    return (env.facts.get("training_profiles") or {}).get(method or env.method) or {}
+
+
+def _profile_in_use(env: Env) -> tuple[str, dict] | None:
+    """The gpu_memory profile whose settings fine-tuning/olive-config.json trains with (the generated one, or a
+    row copied from the README), if any."""
+    if env.training["torch_dtype"] != "bfloat16":
+        return None
+    args = env.training.get("args", {})
+    for name, profile in _profiles(env).items():
+        if all(args.get(key, default) == profile[key] for key, default in PROFILE_DEFAULTS.items()):
+            return name, profile
+    return None
+
+
+def _need(profile: dict) -> float:
+    return round(profile["peak_gib"] + CUDA_CONTEXT_GIB, 1)
+
+
+def _fastest_profile(env: Env, total_gib: float) -> tuple[str, dict] | None:
+    """The measured profile of this method that trains fastest within total_gib of GPU memory."""
+    fits = [(name, found) for name, found in _profiles(env).items() if _need(found) <= total_gib]
+    return max(fits, key=lambda item: item[1]["tokens_per_s"], default=None)
+
+
+def _profile_hint(env: Env, current: dict, total_gib: float) -> str:
+    """When this GPU fits a faster profile than the one in use: which, and how much faster (measured)."""
+    best = _fastest_profile(env, total_gib)
+    if best is None or best[1]["tokens_per_s"] <= current["tokens_per_s"]:
+        return ""
+    name, found = best
+    return (
+        f"; this GPU fits the {name} profile: {found['tokens_per_s']:,} tokens/s against "
+        f"{current['tokens_per_s']:,} (generate the project with gpu_memory={name}, or copy its row from the README)"
+    )
+
+
+def _measured_shape(env: Env) -> bool:
+    """The profiles were measured on this base model's shape (vocabulary and layers): their peaks hold for it."""
+    return env.facts.get("base_model") in (env.facts.get("training_profiles") or {}).get("same_shape", ())
+
+
 def check_gpu_memory(env: Env) -> Check:
     if not env.trains_here:
         return Check("gpu memory", "skip", "no training on this machine")
     gpu = env.best_gpu()
     if gpu is None:
         return Check("gpu memory", "skip", "no GPU to measure (see nvidia driver)")
-    need = _need_gib(env)
     dtype, batch, seq_len = env.training["torch_dtype"], env.training["batch"], env.facts.get("max_seq_len", 0)
-    plan = f"{METHOD_NAMES[env.method]} ({dtype}) needs about {need} GiB at batch 1, seq <= {MEASURED_SEQ_LEN}"
+    in_use = _profile_in_use(env)
+    if in_use is not None:
+        name, profile = in_use
+        need = _need(profile)
+        plan = f"the {name} profile (batch {batch}) needs about {need} GiB at seq <= {MEASURED_SEQ_LEN}"
+    else:
+        need = _need_gib(env)
+        plan = f"{METHOD_NAMES[env.method]} ({dtype}) needs about {need} GiB at batch 1, seq <= {MEASURED_SEQ_LEN}"
     free = gpu.free_gib if gpu.free_gib is not None else gpu.total_gib
     if free is None:
         return Check("gpu memory", "warn", f"{gpu.name}: nvidia-smi reports no memory figures; {plan}")
-    detail = f"{gpu.name}: {free:.1f} GiB free of {gpu.total_gib or free:.1f} GiB; {plan}"
-    if (gpu.total_gib or free) < need:
-        other = "QLoRA (about 6 GiB): generate the project with finetune_method=qlora, or " * (env.method == "lora")
-        fix = f"use {other}a GPU with more memory, or train on Azure ML (compute_target=azureml)"
-        return Check("gpu memory", "fail", detail, fix)
+    total = gpu.total_gib or free
+    detail = f"{gpu.name}: {free:.1f} GiB free of {total:.1f} GiB; {plan}"
+    if total < need:
+        smaller = _fastest_profile(env, total) if in_use is not None else None
+        if smaller is not None:
+            fix = f"generate the project with gpu_memory={smaller[0]} (about {_need(smaller[1])} GiB), or "
+        elif env.method == "lora":
+            small = _need(_profiles(env, "qlora")["8gb"])
+            fix = f"use QLoRA: generate the project with finetune_method=qlora gpu_memory=8gb (about {small} GiB), or "
+        else:
+            fix = "use a GPU with more memory, or "
+        return Check("gpu memory", "fail", detail, fix + "train on Azure ML (compute_target=azureml)")
     if free < need:
         fix = "other processes hold the GPU's memory: stop them (`nvidia-smi` lists them)"
         return Check("gpu memory", "fail", detail, fix)
-    if batch != 1 or seq_len > MEASURED_SEQ_LEN:
+    if in_use is not None and not _measured_shape(env):
+        return Check(
+            "gpu memory",
+            "warn",
+            f"{detail}, measured on {env.facts['training_profiles'].get('measured_model')}; "
+            f"{env.facts.get('base_model')} differs in shape (vocabulary, attention) and needs more",
+            "if training runs out of memory, lower per_device_train_batch_size (raise gradient_accumulation_steps to "
+            "match) or set gradient_checkpointing to true in fine-tuning/olive-config.json",
+        )
+    if (in_use is None and batch != 1) or seq_len > MEASURED_SEQ_LEN:
         return Check(
             "gpu memory",
             "warn",
             f"{detail}: batch {batch}, seq {seq_len} needs more (activations grow with both)",
             "if training runs out of memory, lower per_device_train_batch_size in fine-tuning/olive-config.json",
         )
-    return Check("gpu memory", "ok", detail)
+    return Check("gpu memory", "ok", detail + (_profile_hint(env, in_use[1], total) if in_use else ""))
 
 
 def _capability(env: Env, gpu: Gpu | None) -> tuple[int, int] | None:
@@ -231,22 +309,34 @@ def check_bf16(env: Env) -> Check:
     shown = compute_label(capability)
     bf16 = capability >= (8, 0) and env.torch.get("bf16") is not False
     bf16_need = NEED_GIB[(env.method, "bfloat16")]
+    autocast = env.training.get("args", {}).get("bf16") is True
+    autocast_key = f'"bf16": true from passes.{pass_name}.training_args'
     if dtype == "bfloat16" and not bf16:
         total = gpu.total_gib if gpu else None
         if env.method == "lora" and total is not None and total < NEED_GIB[("lora", "float32")]:
+            # the 8gb QLoRA profile is the one without bf16 autocast
             fix = (
                 "this GPU has no bf16 and too little memory for LoRA in float32 (about 18 GiB): generate the "
-                'project with finetune_method=qlora and set passes.qlora.torch_dtype to "float16", or train on '
-                "Azure ML (compute_target=azureml)"
+                'project with finetune_method=qlora gpu_memory=8gb and set passes.qlora.torch_dtype to "float16", '
+                "or train on Azure ML (compute_target=azureml)"
             )
         elif env.method == "lora":
             fix = (
-                f'set {key} to "float16" (Olive then loads the base model in float32 and trains in fp16 mixed '
-                f"precision: about {NEED_GIB[('lora', 'float16')]} GiB of GPU memory)"
+                f'set {key} to "float16"{f" and remove {autocast_key}" if autocast else ""} (Olive then loads the '
+                "base model in float32 and trains in fp16 mixed precision: about "
+                f"{NEED_GIB[('lora', 'float16')]} GiB of GPU memory)"
             )
         else:
             fix = f'set {key} to "float16" (fp16 mixed precision; the 4-bit layers stay 4-bit)'
+            fix += f", and remove {autocast_key}" if autocast else ""
         return Check(name, "fail", f"{shown}: no bf16 (needs 8.0 or later); {key} is 'bfloat16'", fix)
+    if autocast and not bf16:
+        return Check(
+            name,
+            "fail",
+            f"{shown}: no bf16 (needs 8.0 or later); {autocast_key} is true",
+            f"remove {autocast_key} (the gpu_memory profile's bf16 autocast)",
+        )
     if dtype != "bfloat16" and bf16 and _need_gib(env) > bf16_need:
         return Check(
             name,
@@ -256,6 +346,35 @@ def check_bf16(env: Env) -> Check:
         )
     note = f" ({env.training['error']}: assumed)" if env.training["error"] else ""
     return Check(name, "ok", f"{shown}; {key} is {dtype!r}{note}")
+
+
+def check_liger(env: Env) -> Check:
+    """use_liger_kernel (the 40gb profile's): transformers imports liger-kernel only when the Trainer starts, after
+    the model has loaded, and its Triton kernels run on Linux with a CUDA GPU only."""
+    name = "liger kernels"
+    if not env.trains_here or env.training.get("args", {}).get("use_liger_kernel") is not True:
+        return Check(name, "skip", "the training config does not use them")
+    key = f"passes.{env.training['pass_name']}.training_args.use_liger_kernel"
+    if not sys.platform.startswith("linux"):
+        return Check(
+            name,
+            "fail",
+            f"{key} is true: Liger's Triton kernels run on Linux only",
+            f"set {key} to false in fine-tuning/olive-config.json and lower per_device_train_batch_size to 2 (with "
+            "gradient_accumulation_steps 2): batch 4 without Liger peaked at 44.9 GiB on an H200, batch 2 at 26.3",
+        )
+    version = installed_version("liger-kernel")
+    if version is None:
+        pinned = "liger-kernel" in env.pins
+        return Check(
+            name,
+            "fail",
+            f"{key} is true, but liger-kernel is not installed",
+            project.PIP_INSTALL
+            if pinned
+            else "python -m pip install liger-kernel (and add it to setup/requirements.txt)",
+        )
+    return Check(name, "ok", f"liger-kernel {version} for {key}")
 
 
 # ---------------------------------------------------------------- host RAM
@@ -350,6 +469,7 @@ FAST_CHECKS = (
     check_driver,
     check_gpu_memory,
     check_bf16,
+    check_liger,
     check_host_ram,
     check_disk,
 )

@@ -125,8 +125,9 @@ def installed_version(name: str) -> str | None:
 
 
 def read_training(config_path: Path, method: str) -> dict:
-    """torch_dtype and batch size of the LoRA/QLoRA pass; Olive's defaults where the config is silent."""
-    training = {"torch_dtype": "bfloat16", "batch": 1, "pass_name": method, "error": ""}
+    """torch_dtype, batch size and the memory-relevant training_args of the LoRA/QLoRA pass; Olive's defaults
+    where the config is silent."""
+    training = {"torch_dtype": "bfloat16", "batch": 1, "pass_name": method, "error": "", "args": dict()}
     try:
         passes = json.loads(config_path.read_text(encoding="utf-8"))["passes"]
     except Exception as error:  # noqa: BLE001
@@ -135,7 +136,9 @@ def read_training(config_path: Path, method: str) -> dict:
     for name, spec in passes.items():
         if isinstance(spec, dict) and str(spec.get("type", "")).lower() in ("lora", "qlora"):
             training.update(torch_dtype=spec.get("torch_dtype", "bfloat16"), pass_name=name)
-            training["batch"] = (spec.get("training_args") or {}).get("per_device_train_batch_size", 1)
+            training["args"] = dict(spec.get("training_args") or {})
+            # transformers' own batch size where the pass names none
+            training["batch"] = training["args"].get("per_device_train_batch_size", 8)
     return training
 
 

@@ -7,6 +7,7 @@ text_template was rendered from the same entries, so training and inference form
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +44,25 @@ def package_key(name: str) -> str:
 
 
 def pins(path: Path = REQUIREMENTS) -> dict[str, str]:
-    """The versions setup/requirements.txt pins, by package_key; OSError when the file cannot be read."""
+    """The versions setup/requirements.txt pins for this platform, by package_key; OSError when the file cannot
+    be read. A line whose `sys_platform == "..."` marker names another platform is not pinned here."""
     found = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
-        if match:
+        platform = re.search(r";\s*sys_platform\s*==\s*[\"']([^\"']+)", line)
+        if match and (platform is None or sys.platform.startswith(platform.group(1))):
             found[package_key(match.group(1))] = match.group(2)
     return found
+
+
+# TrainingArguments that only a GPU runs: the Trainer refuses bf16 on a CPU (without use_cpu) and tf32 without
+# Ampere, and Liger's kernels are Triton (CUDA). The gpu_memory profiles set bf16 and use_liger_kernel.
+GPU_ONLY_TRAINING_ARGS = ("bf16", "tf32", "use_liger_kernel")
+
+
+def drop_gpu_only(training_args: dict) -> list[str]:
+    """Remove the GPU-only settings from a pass's training_args in place; returns the names removed."""
+    return [name for name in GPU_ONLY_TRAINING_ARGS if training_args.pop(name, None) is not None]
 
 
 def data_files(config: dict | None = None) -> list[str]:
