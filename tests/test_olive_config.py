@@ -44,10 +44,10 @@ def checker(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c).replace("microsoft/", ""))
 def test_every_generated_config_passes_the_deep_check(tmp_path, checker, case):
-    method, target, provider, precision, model = case
+    method, target, provider, precision, model, gpu = case
     project = bake(
         tmp_path, finetune_method=method, compute_target=target, execution_provider=provider,
-        onnx_precision=precision, base_model=model,
+        onnx_precision=precision, base_model=model, gpu_memory=gpu,
     )
     assert checker.check(project / "fine-tuning/olive-config.json") == []
 

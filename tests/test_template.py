@@ -27,8 +27,20 @@ def valid(method, provider, precision) -> bool:
 COMBOS = [
     combo for combo in itertools.product(METHODS, TARGETS, PROVIDERS, PRECISIONS) if valid(combo[0], *combo[2:])
 ]
-# base_model does not change which passes exist, so it is cycled over the combinations rather than multiplied
-CASES = [(*combo, MODELS[i % len(MODELS)]) for i, combo in enumerate(COMBOS)]
+GPUS = CONTEXT["gpu_memory"]
+
+
+def gpu_choices(method: str) -> list[str]:
+    """The gpu_memory answers a method takes (a method without training takes any)."""
+    profiles = CONTEXT["_training_profiles"].get(method)
+    return [gpu for gpu in GPUS if profiles is None or gpu in profiles]
+
+
+# base_model and gpu_memory do not change which passes exist, so they are cycled over the combinations
+CASES = [
+    (*combo, MODELS[i % len(MODELS)], gpu_choices(combo[0])[i % len(gpu_choices(combo[0]))])
+    for i, combo in enumerate(COMBOS)
+]
 
 COMMON_FILES = {
     ".cookiecutter.json",
@@ -78,7 +90,7 @@ def files_of(root):
 
 def test_combinations_cover_every_choice():
     assert len(CASES) == 38
-    for index, values in enumerate((METHODS, TARGETS, PROVIDERS, PRECISIONS, MODELS)):
+    for index, values in enumerate((METHODS, TARGETS, PROVIDERS, PRECISIONS, MODELS, GPUS)):
         assert {case[index] for case in CASES} == set(values)
 
 
@@ -95,21 +107,22 @@ def test_model_table_matches_choices_and_prompts():
 def baked(tmp_path_factory):
     root = tmp_path_factory.mktemp("bakes")
     projects = {}
-    for i, (method, target, provider, precision, model) in enumerate(CASES):
-        projects[(method, target, provider, precision, model)] = bake(
+    for i, (method, target, provider, precision, model, gpu) in enumerate(CASES):
+        projects[(method, target, provider, precision, model, gpu)] = bake(
             root / str(i),
             finetune_method=method,
             compute_target=target,
             execution_provider=provider,
             onnx_precision=precision,
             base_model=model,
+            gpu_memory=gpu,
         )
     return projects
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c).replace("microsoft/", ""))
 def test_bake_writes_exact_tree_with_valid_files(baked, case):
-    method, target, provider, precision, model = case
+    method, target, provider, precision, model, _gpu = case
     project = baked[case]
     assert project.name == DEFAULT_SLUG
     expected = COMMON_FILES | (AZURE_FILES if target == "azureml" else set())
@@ -159,8 +172,10 @@ def test_bake_writes_exact_tree_with_valid_files(baked, case):
     assert ("bitsandbytes==" in requirements) == (method == "qlora")
     for line in requirements.splitlines():
         if line and not line.startswith("#"):
-            name, version = line.split("==")
+            requirement, _, marker = line.partition(";")
+            name, version = requirement.strip().split("==")
             assert pins[name] == version
+            assert marker.strip() in ("", 'sys_platform == "linux"'), line
 
 
 def test_generated_python_passes_its_own_ruff_config(baked):
