@@ -59,10 +59,11 @@ def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tupl
             if spec["type"] == "ModelBuilder" and spec.get("precision") == "fp16":
                 spec["precision"] = "fp32"
                 changes.append("fp16 needs CUDA: ONNX precision fp32 for the smoke run")
-    for spec in smoke["passes"].values():
-        dropped = [] if cuda else project.drop_gpu_only(spec.get("training_args", {}))
-        if dropped:
-            changes.append(f"no CUDA GPU here: training without {', '.join(dropped)} (the GPU profile's)")
+    if not cuda:
+        for spec in smoke["passes"].values():
+            dropped = project.drop_gpu_only(spec.get("training_args", {}))
+            if dropped:
+                changes.append(f"no CUDA GPU here: training without {', '.join(dropped)} (the GPU profile's)")
     return smoke, changes
 
 

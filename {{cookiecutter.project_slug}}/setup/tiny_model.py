@@ -9,7 +9,7 @@ the real model, in seconds and without a download.
 import json
 from pathlib import Path
 
-from project import chat_tokens
+from project import chat_tokens, end_token
 
 # head_dim 64: onnxruntime's GroupQueryAttention needs rotary_dim / 2 to be a multiple of 8 (Phi-4-mini: 0.75 x 64)
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 192, 2, 3, 384
@@ -138,7 +138,7 @@ def build(project: dict, dataset: Path, out: Path, seed: int = 0) -> Path:
     model = Phi3ForCausalLM(config).to(torch.bfloat16)
     model.generation_config.eos_token_id = [
         tokenizer.eos_token_id,
-        tokenizer.convert_tokens_to_ids(project["chat_format"]["end"].strip()),
+        tokenizer.convert_tokens_to_ids(end_token(project)),
     ]
     model.save_pretrained(out)
     return out
