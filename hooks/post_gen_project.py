@@ -34,6 +34,8 @@ def say(text: str = "") -> None:
 def remove_unused_variants(root: Path, context: dict) -> None:
     if context["compute_target"] != "azureml":
         shutil.rmtree(root / "fine-tuning" / "azureml", ignore_errors=True)
+    if context["execution_provider"] != "cuda" or context["onnx_precision"] == "none":
+        (root / "setup" / "requirements-onnx-cuda.txt").unlink(missing_ok=True)
 
 
 def run_step(title: str, python: str, args: list, root: Path, timeout) -> bool:

@@ -3,6 +3,8 @@ a chart, and the thread setting reaching onnxruntime-genai. The figures themselv
 belong in docs/benchmarks.md, measured, not in a test."""
 
 import json
+import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,31 @@ def test_thread_setting_reaches_onnxruntime_genai(smoke_project, python, tmp_pat
     # onnxruntime's intra-op pool runs threads - 1 workers beside the calling thread
     assert backends["onnx@3"]["os_threads"] - backends["onnx"]["os_threads"] == 2
     assert out.with_suffix(".png").is_file()
+
+
+@pytest.mark.pipeline
+def test_onnx_backend_runs_in_the_interpreter_given(smoke_project, python, tmp_path):
+    """--onnx-python (on CUDA: .venv-onnx-cuda, setup/onnx_cuda_env.py) runs the onnx worker in another
+    environment: here a real venv that reads this one's packages through a .pth file, so the figures come back."""
+    venv = tmp_path / "onnx-env"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    other = venv / "bin" / "python"
+    site = subprocess.run(
+        [other, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    (Path(site) / "main.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    out = tmp_path / "other.json"
+    result = run_cli(
+        [python, "inferences/benchmark.py", "--tiny", "--backends", "onnx,merged", "--new-tokens", "4",
+         "--onnx-python", str(other), "--out", str(out)],
+        smoke_project,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    backends = {entry["label"]: entry for entry in read_report(out)["backends"]}
+    assert backends["onnx"]["python"] == str(other)
+    assert backends["merged"]["python"] == python
+    assert backends["onnx"]["worker_versions"]["onnxruntime-genai"].startswith("onnxruntime-genai ")
 
 
 def test_benchmark_names_the_command_when_no_model_exists(tmp_path, python):

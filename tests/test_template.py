@@ -69,6 +69,7 @@ COMMON_FILES = {
     "setup/env_checks.py",
     "setup/env_facts.py",
     "setup/env_probes.py",
+    "setup/onnx_cuda_env.py",
     "setup/project.json",
     "setup/project.py",
     "setup/requirements.txt",
@@ -82,6 +83,10 @@ AZURE_FILES = {
     "fine-tuning/azureml/requirements.txt",
     "fine-tuning/azureml/submit.py",
 }
+
+
+# ONNX on CUDA runs in an environment of its own (setup/onnx_cuda_env.py)
+ONNX_CUDA_REQUIREMENTS = "setup/requirements-onnx-cuda.txt"
 
 
 def files_of(root):
@@ -126,6 +131,8 @@ def test_bake_writes_exact_tree_with_valid_files(baked, case):
     project = baked[case]
     assert project.name == DEFAULT_SLUG
     expected = COMMON_FILES | (AZURE_FILES if target == "azureml" else set())
+    if provider == "cuda" and precision != "none":
+        expected.add(ONNX_CUDA_REQUIREMENTS)
     assert files_of(project) == expected
 
     for path in project.rglob("*"):
@@ -176,6 +183,14 @@ def test_bake_writes_exact_tree_with_valid_files(baked, case):
             name, version = requirement.strip().split("==")
             assert pins[name] == version
             assert marker.strip() in ("", 'sys_platform == "linux"'), line
+    onnx_cuda = project / ONNX_CUDA_REQUIREMENTS
+    if onnx_cuda.is_file():
+        lines = [line for line in onnx_cuda.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+        assert lines == [
+            f"onnxruntime-gpu[cuda,cudnn]=={pins['onnxruntime-gpu']}",
+            f"onnxruntime-genai-cuda=={CONTEXT['_onnx_cuda_pins']['onnxruntime-genai-cuda']}",
+            f"numpy=={pins['numpy']}",
+        ]
 
 
 def test_generated_python_passes_its_own_ruff_config(baked):
@@ -190,7 +205,7 @@ def test_generated_python_passes_its_own_ruff_config(baked):
 
 
 @pytest.mark.parametrize(
-    "name", ["check_env.py", "env_facts.py", "env_checks.py", "env_probes.py", "benchmark_train.py"]
+    "name", ["check_env.py", "env_facts.py", "env_checks.py", "env_probes.py", "benchmark_train.py", "onnx_cuda_env.py"]
 )
 def test_no_jinja_in_the_template_files(name):
     """These scripts are copied as they are: a Jinja sequence in them would be rendered, or break the bake."""

@@ -153,12 +153,16 @@ def build_prompts(tokenizer, facts: dict, count: int, tokens: int) -> list[list[
     return prompts
 
 
-def run_worker(spec: dict, work: Path, index: int) -> dict:
-    """Measure one backend in a fresh process; its peak memory is its own."""
+def run_worker(spec: dict, work: Path, index: int, python: Path | None = None) -> dict:
+    """Measure one backend in a fresh process (of `python`, default this one's); its peak memory is its own."""
     spec_file, result_file = work / f"spec-{index}.json", work / f"result-{index}.json"
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
     print(f"[benchmark] {spec['label']}: loading", file=sys.stderr, flush=True)
-    process = subprocess.run([sys.executable, __file__, "--worker", str(spec_file), str(result_file)], check=False)
+    python = python or Path(sys.executable)
+    command = [str(python), __file__, "--worker", str(spec_file), str(result_file)]
+    # another environment's Python gets no PYTHONPATH meant for this one (setup/onnx_cuda_env.py)
+    env = None if python == Path(sys.executable) else chat.onnx_cuda_env.child_environ()
+    process = subprocess.run(command, env=env, check=False)
     if result_file.is_file():
         return json.loads(result_file.read_text(encoding="utf-8"))
     return {"error": f"the worker process exited with {process.returncode} and no result (out of memory?)"}
@@ -355,7 +359,9 @@ def benchmark(args) -> int:
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
         for index, spec in enumerate(specs):
             spec.update(settings, provider=provider, prompts=prompts, paths={k: str(v) for k, v in paths.items()})
-            measured = run_worker(spec, Path(work), index)
+            # onnx on CUDA runs in .venv-onnx-cuda when the project made it (setup/onnx_cuda_env.py)
+            python = (args.onnx_python or chat.onnx_python(provider)) if spec["kind"] == "onnx" else None
+            measured = run_worker(spec, Path(work), index, python)
             entry = {"label": spec["label"], "kind": spec["kind"], **measured}
             if "error" not in measured:
                 entry.update(summarize(measured), **model_size(spec["kind"], paths))
@@ -489,6 +495,9 @@ def measure(spec: dict) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "gpu_peak_mb": gpu_peak_mb(backend),
         "load_average": [load_before, load_average()],
+        # the worker's own interpreter and packages: the onnx backend may run in another environment
+        "python": sys.executable,
+        "worker_versions": versions(),
         "runs": runs,
     }
 
@@ -506,6 +515,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores; 0: the library's default)")
     parser.add_argument("--provider", choices=("cpu", "cuda"), help="ONNX provider (default: project's; no CUDA: cpu)")
     parser.add_argument("--out", type=Path, help="JSON report (default <models folder>/benchmark.json; PNG beside)")
+    parser.add_argument(
+        "--onnx-python",
+        type=Path,
+        help="interpreter for the onnx backend (default: .venv-onnx-cuda's on CUDA when it exists, else this one)",
+    )
     parser.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 0:
@@ -514,7 +528,7 @@ def main(argv=None) -> int:
         return worker(*args.worker)
     try:
         return benchmark(args)
-    except (BenchmarkError, chat.MissingModel) as error:
+    except (BenchmarkError, chat.Unavailable) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
 

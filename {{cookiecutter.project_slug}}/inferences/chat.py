@@ -16,12 +16,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "setup"))
+import onnx_cuda_env  # noqa: E402
 import project  # noqa: E402
 
 BACKENDS = ("adapter", "merged", "onnx")
 
 
-class MissingModel(RuntimeError):
+class Unavailable(RuntimeError):
+    """A backend cannot answer here; the message says what to do."""
+
+
+class MissingModel(Unavailable):
     """A backend's model does not exist yet; the message names the command that makes it."""
 
 
@@ -215,10 +220,14 @@ class TorchBackend:
 class OnnxBackend:
     def __init__(self, paths: dict[str, Path], provider: str | None = None, threads: int = 0):
         check_model("onnx", paths)
+        provider = provider or project.load()["execution_provider"]
+        if provider == "cuda":
+            reason = onnx_cuda_env.unusable_reason()
+            if reason:
+                raise Unavailable(f"onnx on CUDA: {onnx_cuda_env.fix(reason)}")
         import onnxruntime_genai as og
 
         config = og.Config(str(paths["onnx"]))
-        provider = provider or project.load()["execution_provider"]
         config.clear_providers()
         if provider != "cpu":
             config.append_provider(provider)
@@ -261,6 +270,14 @@ class OnnxBackend:
 def stop_ids(tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(project.end_token())}
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+
+
+def onnx_python(provider: str | None) -> Path:
+    """The interpreter that runs the onnx backend: .venv-onnx-cuda's on CUDA when it was made (see
+    setup/onnx_cuda_env.py), else this one."""
+    provider = provider or project.load()["execution_provider"]
+    env = onnx_cuda_env.env_python() if provider == "cuda" else None
+    return env if env and not onnx_cuda_env.running_in() else Path(sys.executable)
 
 
 def load_backend(
@@ -306,11 +323,16 @@ def main(argv=None) -> int:
         parser.error("--threads must be 0 (the library's default) or more")
     if args.dtype and args.backend == "onnx":
         parser.error("--dtype is for the adapter and merged backends; the ONNX model has its own precision")
+    python = onnx_python(args.provider) if args.backend == "onnx" else Path(sys.executable)
+    if python != Path(sys.executable):
+        print(f"[onnx on CUDA: running in {onnx_cuda_env.ENV_DIR.name}]", file=sys.stderr, flush=True)
+        command = [str(python), str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
+        os.execve(python, command, onnx_cuda_env.child_environ())
     try:
         started = time.perf_counter()
         backend = load_backend(args.backend, default_paths(args.gen_dir), args.provider, args.threads, args.dtype)
         print(f"[{args.backend} model loaded in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
-    except MissingModel as error:
+    except Unavailable as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
     if args.prompt is not None:

@@ -7,13 +7,16 @@ on interpreters that may have none of these packages.
 
 import contextlib
 import io
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import warnings
 from importlib import metadata
 
+import onnx_cuda_env
 import project
 from env_checks import (
     check_genai_package,
@@ -179,6 +182,8 @@ def probe_genai(env: Env) -> Check:
 
             version = getattr(og, "__version__", "?")
             cuda = bool(og.is_cuda_available()) if hasattr(og, "is_cuda_available") else None
+            # the CUDA library loads only when a model runs on CUDA: load it now (setup/onnx_cuda_env.py)
+            reason = onnx_cuda_env.unusable_reason() if env.cuda else None
         except Exception as error:  # noqa: BLE001
             detail = f"import failed: {error_text(error)}"
             return same_cause(name, detail, package) or Check(name, "fail", detail, project.PIP_INSTALL)
@@ -187,7 +192,48 @@ def probe_genai(env: Env) -> Check:
         return same_cause(name, detail, package) or Check(
             name, "fail", detail, reinstall(env, GENAI_PACKAGES, "onnxruntime-genai-cuda")
         )
+    if reason:
+        return _onnx_cuda_env_check(name, f"{version} here: {reason}", reason)
     return Check(name, "ok", f"{version} imported" + ("" if cuda is None else f", CUDA {'yes' if cuda else 'no'}"))
+
+
+# run by .venv-onnx-cuda's Python in setup/: its genai version, CUDA library and why that does not load
+ENV_PROBE = (
+    "import json, onnx_cuda_env, onnxruntime_genai as og; library = onnx_cuda_env.genai_cuda_library(); "
+    "print(json.dumps([og.__version__, library and library.name, onnx_cuda_env.unusable_reason()]))"
+)
+
+
+def _onnx_cuda_env_check(name: str, here: str, reason: str) -> Check:
+    """This environment's genai cannot load its CUDA library (setup/onnx_cuda_env.py): judge .venv-onnx-cuda."""
+    python = onnx_cuda_env.env_python()
+    if python is None:
+        return Check(name, "fail", here, onnx_cuda_env.fix(reason))
+    reinstall_env = f"reinstall .venv-onnx-cuda: {onnx_cuda_env.install_command()}"
+    try:
+        result = subprocess.run(
+            [str(python), "-c", ENV_PROBE],
+            cwd=project.ROOT / "setup",
+            env=onnx_cuda_env.child_environ(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        found = json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
+        result, found = None, f"{type(error).__name__}: {error}"
+    if not isinstance(found, list):
+        failure = found or _first_line(result.stderr, "Error", "error") or f"exit code {result.returncode}"
+        return Check(name, "fail", f"{here}; .venv-onnx-cuda's Python failed: {failure}", reinstall_env)
+    env_version, library, env_reason = found
+    if library is None:
+        detail = f"{here}; .venv-onnx-cuda has onnxruntime-genai {env_version} without CUDA"
+        return Check(name, "fail", detail, reinstall_env)
+    if env_reason:
+        return Check(name, "fail", f"{here}; in .venv-onnx-cuda, {env_version}: {env_reason}", reinstall_env)
+    detail = f"{here}; ONNX on CUDA runs in .venv-onnx-cuda (onnxruntime-genai {env_version}, its CUDA library loads)"
+    return Check(name, "ok", detail)
 
 
 # ---------------------------------------------------------------- training packages

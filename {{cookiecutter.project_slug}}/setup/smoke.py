@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,8 +121,24 @@ def main(argv=None) -> int:
         if backend_name not in found:
             continue
         started = time.perf_counter()
-        # float32 PyTorch: the reference the fp32 ONNX model must match token for token
-        backend = chat.load_backend(backend_name, paths, provider, dtype="float32")
+        python = chat.onnx_python(provider) if backend_name == "onnx" else Path(sys.executable)
+        if python != Path(sys.executable):
+            # onnx on CUDA answers in .venv-onnx-cuda (setup/onnx_cuda_env.py), through chat.py: text, no ids
+            print(f"[smoke] onnx answers in {python}: ", flush=True)
+            chat_py = str(project.ROOT / "inferences" / "chat.py")
+            options = ["--gen-dir", str(work), "--prompt", question, "--max-new-tokens", str(NEW_TOKENS)]
+            command = [str(python), chat_py, "--backend", "onnx", *options]
+            if subprocess.run(command, env=chat.onnx_cuda_env.child_environ(), check=False).returncode:
+                print("ERROR: smoke run: the onnx model did not answer in .venv-onnx-cuda (above)", file=sys.stderr)
+                return 1
+            timings["answer (onnx)"] = time.perf_counter() - started
+            continue
+        try:
+            # float32 PyTorch: the reference the fp32 ONNX model must match token for token
+            backend = chat.load_backend(backend_name, paths, provider, dtype="float32")
+        except chat.Unavailable as error:
+            print(f"ERROR: smoke run: {error}", file=sys.stderr)
+            return 1
         print(f"[smoke] {backend_name} answers {question!r}: ", end="", flush=True)
         ids = chat.answer(backend, question, NEW_TOKENS)
         timings[f"answer ({backend_name})"] = time.perf_counter() - started
