@@ -38,16 +38,18 @@ group() {
     [ "${PIPESTATUS[0]}" = 0 ] || failed+=("$name")
 }
 failed=()
-# One column per gpu_memory profile of a method, read from cookiecutter.json's _training_profiles (the one
-# source), each as LABEL:KEY=VALUE,... with every setting a profile sets
+# One column per gpu_memory profile of a method, each as LABEL:KEY=VALUE,... Read from the baked project: its
+# project.json holds cookiecutter.json's _training_profiles, and its setup/env_checks.py names the settings a
+# profile sets (PROFILE_DEFAULTS, by which check_env.py recognises a profile in a config)
 profile_columns() {
-    "$PY" - "$1" <<'PYTHON'
+    (cd ".gpu/$1/project/setup" && "$PY" - "$1" <<'PYTHON'
 import json, sys
-profiles = json.load(open("cookiecutter.json", encoding="utf-8"))["_training_profiles"][sys.argv[1]]
-keys = ("per_device_train_batch_size", "gradient_checkpointing", "bf16", "use_liger_kernel")
+from env_checks import PROFILE_DEFAULTS
+profiles = json.load(open("project.json", encoding="utf-8"))["training_profiles"][sys.argv[1]]
 for name, profile in profiles.items():
-    print(f"{name}:" + ",".join(f"{key}={json.dumps(profile[key])}" for key in keys))
+    print(f"{name}:" + ",".join(f"{key}={json.dumps(profile[key])}" for key in PROFILE_DEFAULTS))
 PYTHON
+    )
 }
 # default: every profile beside the seed (LoRA) or the batch-1 config (QLoRA), side by side in one run per
 # method; lora1 ... kernels are the groups of 2026-11-28's two calls (docs/gpu/2026-11-28-h200/)

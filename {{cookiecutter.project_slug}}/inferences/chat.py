@@ -220,7 +220,7 @@ class TorchBackend:
 class OnnxBackend:
     def __init__(self, paths: dict[str, Path], provider: str | None = None, threads: int = 0):
         check_model("onnx", paths)
-        provider = provider or project.load()["execution_provider"]
+        provider = onnx_provider(provider)
         if provider == "cuda":
             reason = onnx_cuda_env.unusable_reason()
             if reason:
@@ -272,11 +272,15 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
 
 
+def onnx_provider(provider: str | None) -> str:
+    """The ONNX execution provider asked for, else the project's."""
+    return provider or project.load()["execution_provider"]
+
+
 def onnx_python(provider: str | None) -> Path:
     """The interpreter that runs the onnx backend: .venv-onnx-cuda's on CUDA when it was made (see
     setup/onnx_cuda_env.py), else this one."""
-    provider = provider or project.load()["execution_provider"]
-    env = onnx_cuda_env.env_python() if provider == "cuda" else None
+    env = onnx_cuda_env.env_python() if onnx_provider(provider) == "cuda" else None
     return env if env and not onnx_cuda_env.running_in() else Path(sys.executable)
 
 

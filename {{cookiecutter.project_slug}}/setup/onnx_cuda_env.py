@@ -22,14 +22,14 @@ REQUIREMENTS = "setup/requirements-onnx-cuda.txt"
 LIBRARIES = ("libonnxruntime-genai-cuda.so", "onnxruntime-genai-cuda.dll")
 
 
-def env_python(env_dir: Path = ENV_DIR) -> Path | None:
+def env_python() -> Path | None:
     """The ONNX-on-CUDA environment's interpreter, or None when that environment was not made."""
-    candidate = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    candidate = ENV_DIR / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     return candidate if candidate.is_file() else None
 
 
-def running_in(env_dir: Path = ENV_DIR) -> bool:
-    return Path(sys.prefix).resolve() == env_dir.resolve()
+def running_in() -> bool:
+    return Path(sys.prefix).resolve() == ENV_DIR.resolve()
 
 
 def child_environ() -> dict:
