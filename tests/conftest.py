@@ -30,6 +30,25 @@ def python():
     return sys.executable
 
 
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, python):
+    """Bake with the CPU provider and run the project's smoke command; each set of answers runs once a session
+    (test_pipeline and test_benchmark_inference share the default LoRA int4 run)."""
+    runs = {}
+
+    def run(**answers):
+        key = tuple(sorted(answers.items()))
+        if key not in runs:
+            project = bake(tmp_path_factory.mktemp("smoke"), execution_provider="cpu", **answers)
+            result = run_cli([python, "setup/smoke.py"], project, timeout=900)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            summary = json.loads((project / "gen-model/smoke/summary.json").read_text(encoding="utf-8"))
+            runs[key] = project, result, summary
+        return runs[key]
+
+    return run
+
+
 @pytest.fixture(scope="session", autouse=True)
 def template_is_clean():
     """A cache left in the template folder (ruff or python run there) would be baked into every project."""

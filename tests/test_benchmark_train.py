@@ -178,3 +178,33 @@ def test_full_size_on_a_cpu_needs_force(projects, python, monkeypatch):
     assert "no CUDA GPU here" in result.stderr and "--tiny" in result.stderr and "--force" in result.stderr
     assert not (projects["lora"] / "gen-model/benchmark").exists()
 
+
+
+# Each model's parameter count as its Hub page gives it (safetensors metadata): the full-size random model must
+# have the real model's dimensions (cookiecutter.json _models ... architecture.full_size), not a near miss.
+PUBLISHED_PARAMETERS = {
+    "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
+    "microsoft/Phi-3-mini-128k-instruct": 3_821_079_552,
+    "microsoft/Phi-3.5-mini-instruct": 3_821_079_552,
+    "microsoft/Phi-4-mini-instruct": 3_836_021_760,
+}
+COUNT_FULL_SIZE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "setup")
+import project, tiny_model, torch
+from transformers import Phi3ForCausalLM
+facts = project.load()
+tokenizer = tiny_model.build_tokenizer(facts, Path("datasets/train.jsonl"), Path(sys.argv[1]))
+config = tiny_model.model_config(facts, tokenizer, facts["architecture"]["full_size"])
+with torch.device("meta"):
+    print(sum(p.numel() for p in Phi3ForCausalLM(config).parameters()))
+"""
+
+
+@pytest.mark.parametrize("model", sorted(PUBLISHED_PARAMETERS))
+def test_full_size_model_has_the_published_parameter_count(tmp_path, python, model):
+    project = bake(tmp_path, base_model=model, check_environment=False)
+    result = run_cli([python, "-c", COUNT_FULL_SIZE, str(tmp_path / "tokenizer")], project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) == PUBLISHED_PARAMETERS[model]

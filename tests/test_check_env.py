@@ -666,14 +666,36 @@ def test_cuda_provider_that_fails_to_load_is_caught_by_the_session(projects, tmp
 
 def test_disk_estimate(projects):
     env_checks = load_modules(projects["lora_cuda"])["env_checks"]
+
+    def need(facts: dict, model_present: bool) -> float:
+        return sum(size for _, size in env_checks.disk_parts(facts, model_present))
+
     facts = {"finetune_method": "lora", "onnx_precision": "int4", "download_gb": 10.0}
     # 1 download + 2 merged + 0.3 4-bit PyTorch + 2 x 0.35 int4 ONNX (Olive's cache and gen-model/onnx)
-    assert env_checks.disk_need_gb(facts, model_present=False) == pytest.approx(40.0)
-    assert env_checks.disk_need_gb(facts, model_present=True) == pytest.approx(30.0)
-    assert env_checks.disk_need_gb({**facts, "finetune_method": "none"}, False) == pytest.approx(20.0)
-    assert env_checks.disk_need_gb({"finetune_method": "none", "onnx_precision": "fp32"}, False) == pytest.approx(
+    assert need(facts, model_present=False) == pytest.approx(40.0)
+    assert need(facts, model_present=True) == pytest.approx(30.0)
+    assert need({**facts, "finetune_method": "none"}, False) == pytest.approx(20.0)
+    assert need({"finetune_method": "none", "onnx_precision": "fp32"}, False) == pytest.approx(
         5 * env_checks.DEFAULT_DOWNLOAD_GB
     )
+
+
+def test_cpu_facts_from_x86_and_arm_cpuinfo(projects, tmp_path):
+    """The benchmarks record the CPU's name and chat.py picks bf16 from its flags: x86 and Arm word them apart."""
+    env_facts = load_modules(projects["lora_cuda"])["env_facts"]
+    x86 = tmp_path / "x86"
+    x86.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu avx512f avx512_bf16 amx_bf16\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n",
+        encoding="utf-8",
+    )
+    assert env_facts.cpu_model(x86) == "Intel(R) Xeon(R) Platinum 8480+"
+    assert env_facts.cpu_flags(x86) == {"fpu", "avx512f", "avx512_bf16", "amx_bf16"}
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 2000.00\nFeatures\t: fp asimd bf16 i8mm\nCPU part\t: 0xd4f\n")
+    assert env_facts.cpu_flags(arm) == {"fp", "asimd", "bf16", "i8mm"}
+    assert env_facts.cpu_model(arm)  # no model name there: the platform's own name
+    assert env_facts.cpu_flags(tmp_path / "missing") == set()
 
 
 def disk_detail(project: Path, **facts) -> str:

@@ -203,6 +203,9 @@ def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Pa
     training_args = next((p.get("training_args", {}) for p in config["passes"].values() if "training_args" in p), {})
     png = plot_losses(parse_losses(log_text), training_args, gen_dir / "training-loss.png")
     record = {name: str(path) for name, path in found.items()}
+    base = _resolve(config["input_model"]["model_path"]).resolve()
+    if "adapter" in found and base != (project.ROOT / project.load()["model_dir"]).resolve():
+        record["base"] = str(base)  # the adapter goes with the model it was trained on (chat.py loads it from here)
     (gen_dir / OUTPUTS_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if png:
         found["loss plot"] = png

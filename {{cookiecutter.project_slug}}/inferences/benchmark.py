@@ -15,7 +15,6 @@ Writes benchmark.json and benchmark.png into the models' folder (gen-model/ by d
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -31,6 +30,7 @@ sys.path.insert(0, str(INFERENCES.parent / "setup"))
 sys.path.insert(0, str(INFERENCES.parent / "datasets"))
 sys.path.insert(0, str(INFERENCES))
 import chat  # noqa: E402
+import env_facts  # noqa: E402
 import project  # noqa: E402
 
 SPEC = re.compile(r"^(adapter|merged|onnx)(?::(float32|bfloat16|float16))?(?:@(\d+))?$")
@@ -191,16 +191,8 @@ def versions() -> dict:
 
 
 def describe_device(provider: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     device = {
-        "cpu": cpu,
+        "cpu": env_facts.cpu_model(),
         "logical_cpus": os.cpu_count(),
         "physical_cores_available": chat.default_threads(),
         "onnx_provider": provider,

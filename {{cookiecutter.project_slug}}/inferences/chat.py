@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "setup"))
+import env_facts  # noqa: E402
 import onnx_cuda_env  # noqa: E402
 import project  # noqa: E402
 
@@ -54,16 +55,7 @@ def default_threads() -> int:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 instructions (x86 AVX512-BF16 or AMX, Arm BF16); Linux only, else False."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(env_facts.cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def default_torch_dtype(device: str) -> str:
@@ -109,8 +101,8 @@ def has_cuda() -> bool:
 
 
 def default_paths(gen_dir: Path | None = None) -> dict[str, Path]:
-    """Where fine-tuning/run.py recorded each model (gen-model/outputs.json), else where it would put it; the
-    base model is model-cache/ unless the record names another (the smoke run's tiny model)."""
+    """Where fine-tuning/run.py recorded each model (gen-model/outputs.json), else where it would put it. The
+    base model is model-cache/'s unless the record names the one the adapter was trained on (the smoke run's)."""
     gen_dir = gen_dir or project.GEN_MODEL
     paths = {name: gen_dir / name for name in BACKENDS}
     paths["base"] = project.ROOT / project.load()["model_dir"]

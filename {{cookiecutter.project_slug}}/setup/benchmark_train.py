@@ -46,26 +46,9 @@ sys.path.insert(0, str(SETUP))
 sys.path.insert(0, str(SETUP.parent / "fine-tuning"))
 import project  # noqa: E402
 import tiny_model  # noqa: E402
-from env_facts import installed_version  # noqa: E402
+from env_facts import cpu_model, installed_version  # noqa: E402
 
 TRAINING_PASSES = ("lora", "qlora")
-# The real models' dimensions, from their config.json on the Hugging Face Hub (Phi-3-mini's are also
-# transformers' Phi3Config defaults). RoPE scaling, partial rotary, tied embeddings, KV heads and the sliding
-# window come from setup/project.json "architecture", as for the tiny model.
-PHI3_MINI = {
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "vocab_size": 32064,
-}
-PHI4_MINI = {**PHI3_MINI, "num_attention_heads": 24, "vocab_size": 200064}
-FULL_SIZE = {
-    "microsoft/Phi-3-mini-4k-instruct": PHI3_MINI,
-    "microsoft/Phi-3-mini-128k-instruct": PHI3_MINI,
-    "microsoft/Phi-3.5-mini-instruct": PHI3_MINI,
-    "microsoft/Phi-4-mini-instruct": PHI4_MINI,
-}
 # the real models' initializer_range (the tiny model's 0.2 is there to vary greedy decoding in the smoke run)
 FULL_INIT_STD = 0.02
 DEFAULT_STEPS = {"tiny": (1, 2), "full": (2, 6)}  # (warm-up, timed) optimizer steps
@@ -241,9 +224,9 @@ def _build_full(facts: dict, corpus: Path, model_dir: Path, device: str) -> None
     import torch
     from transformers import Phi3ForCausalLM
 
-    dims = FULL_SIZE.get(facts["base_model"])
-    if dims is None:
-        raise BenchmarkError(f"no full-size dimensions for {facts['base_model']}: add them to FULL_SIZE")
+    # the real model's dimensions (setup/project.json "architecture" "full_size", from its config.json on the Hub);
+    # RoPE scaling, partial rotary, tied embeddings, KV heads and the sliding window come from the same entry
+    dims = facts["architecture"]["full_size"]
     tokenizer = tiny_model.build_tokenizer(facts, corpus, model_dir)
     config = tiny_model.model_config(facts, tokenizer, {**dims, "initializer_range": FULL_INIT_STD})
     torch.manual_seed(0)
@@ -524,14 +507,10 @@ def device_info(torch, cuda: bool) -> dict:
             "compute_capability": f"{props.major}.{props.minor}",
             "cuda": torch.version.cuda,
         }
-    try:
-        model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).strip()
-    except (OSError, AttributeError):
-        model = platform.processor()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "kind": "cpu",
-        "name": model,
+        "name": cpu_model(),
         "cpus": os.cpu_count(),
         "usable_cpus": usable,
         "torch_threads": torch.get_num_threads(),

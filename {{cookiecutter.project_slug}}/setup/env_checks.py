@@ -439,10 +439,6 @@ def disk_parts(facts: dict, model_present: bool) -> list[tuple[str, float]]:
     return parts
 
 
-def disk_need_gb(facts: dict, model_present: bool) -> float:
-    return sum(size for _, size in disk_parts(facts, model_present))
-
-
 def check_disk(env: Env) -> Check:
     model_dir = env.facts.get("model_dir")
     present = bool(model_dir) and (project.ROOT / model_dir / "config.json").is_file()

@@ -6,6 +6,7 @@ which may have no third-party package at all.
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -323,6 +324,36 @@ def host_memory() -> HostMemory | None:
         available = free if memory.available_gib is None else min(free, memory.available_gib)
         memory = HostMemory(limit, available, "cgroup limit")
     return memory
+
+
+# ---------------------------------------------------------------- CPU
+
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo_fields(path: Path) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux; empty elsewhere): every core has the same model."""
+    fields: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's name as the benchmarks record it: /proc/cpuinfo's model name, else what the platform says."""
+    return _cpuinfo_fields(cpuinfo).get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The CPU's instruction-set flags (x86 "flags", Arm "Features"); empty where /proc/cpuinfo is missing."""
+    fields = _cpuinfo_fields(cpuinfo)
+    return set(fields.get("flags", fields.get("Features", "")).split())
 
 
 # ---------------------------------------------------------------- all of it

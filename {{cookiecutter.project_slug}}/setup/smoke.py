@@ -109,12 +109,6 @@ def main(argv=None) -> int:
     if question is None:
         first = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
         question = str(first[facts["question_column"]])
-    # the adapter was trained on the tiny model: chat, and inferences/benchmark.py --tiny, load it from the record
-    record = work / run.OUTPUTS_RECORD
-    record.write_text(
-        json.dumps({**json.loads(record.read_text(encoding="utf-8")), "base": str(model_dir)}, indent=2),
-        encoding="utf-8",
-    )
     paths = chat.default_paths(work)
     provider = None if cuda else "cpu"
     for backend_name in chat.BACKENDS:
