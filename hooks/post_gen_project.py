@@ -17,6 +17,7 @@ PREPARE = ["datasets/prepare.py"]
 CHECK_ENV = ["setup/check_env.py", "--fast"]
 DOWNLOAD = ["model-cache/download.py"]
 STEP_TIMEOUT_S = 120
+PIP_STEP = "  python -m pip install -r setup/requirements.txt"
 YES = (True, "True", "true", "yes", "y", "1")
 
 
@@ -99,6 +100,21 @@ def fetch_model(root: Path) -> str:
     return "the download did not finish (the line above says why); fix that, then run"
 
 
+def onnx_cuda_step(root: Path) -> str | None:
+    """The command that makes .venv-onnx-cuda, where a CUDA project runs its ONNX model (setup/onnx_cuda_env.py
+    writes it); None when the project has no such model."""
+    if not (root / "setup" / "requirements-onnx-cuda.txt").is_file():
+        return None
+    sys.dont_write_bytecode = True  # no __pycache__ in a freshly generated project
+    sys.path.insert(0, str(root / "setup"))
+    try:
+        import onnx_cuda_env  # noqa: PLC0415 - the generated project's own module, there only after generation
+
+        return onnx_cuda_env.create_command()
+    except Exception:  # noqa: BLE001 - the file itself says how
+        return "# the ONNX-on-CUDA environment: see setup/requirements-onnx-cuda.txt"
+
+
 def next_steps(root: Path, context: dict, download_note: str | None, data_ready: bool) -> str:
     model = context["base_model"]
     trains = context["finetune_method"] != "none"
@@ -108,10 +124,14 @@ def next_steps(root: Path, context: dict, download_note: str | None, data_ready:
         f"ONNX {context['onnx_precision']} on {context['execution_provider']}).",
         "Next steps (run them from the project folder):",
         f"  cd {root}",
-        "  python -m pip install -r setup/requirements.txt",
+        PIP_STEP,
         "  python setup/check_env.py                 # GPU, CUDA, packages, RAM, disk: what is missing, how to fix it",
         "  python setup/smoke.py                     # offline: the whole workflow on a tiny model",
     ]
+    onnx_cuda = onnx_cuda_step(root)
+    if onnx_cuda:
+        why = "# ONNX on CUDA: its own environment (why: setup/requirements-onnx-cuda.txt)"
+        lines.insert(lines.index(PIP_STEP) + 1, f"  {onnx_cuda}   {why}")
     if trains:
         lines.append("  python datasets/prepare.py <your data>    # CSV/JSON/JSONL/Parquet -> the files Olive reads")
     if not data_ready:

@@ -231,14 +231,23 @@ def test_output_piped_into_head_keeps_the_project(tmp_path):
     assert (tmp_path / "out" / DEFAULT_SLUG / "fine-tuning/olive-config.json").is_file()
 
 
+# a CUDA project with an ONNX model makes .venv-onnx-cuda right after the main environment (setup/onnx_cuda_env.py)
+ONNX_CUDA_STEP = (
+    "  python -m pip install -r setup/requirements.txt\n  python -m venv .venv-onnx-cuda && "
+    ".venv-onnx-cuda/bin/python -m pip install -r setup/requirements-onnx-cuda.txt   # ONNX on CUDA"
+)
+
+
 @pytest.mark.parametrize(
     ("answers", "present", "absent"),
     [
         ({"compute_target": "azureml"}, ["fine-tuning/azureml/submit.py --dry-run"], ["python fine-tuning/run.py"]),
         ({"finetune_method": "none"}, ["python fine-tuning/run.py"], ["python datasets/prepare.py <your data>"]),
-        ({}, ["python fine-tuning/run.py", "python datasets/prepare.py <your data>"], ["azureml"]),
+        ({}, ["python fine-tuning/run.py", "python datasets/prepare.py <your data>", ONNX_CUDA_STEP], ["azureml"]),
+        ({"execution_provider": "cpu"}, ["python inferences/chat.py --backend onnx"], [".venv-onnx-cuda"]),
+        ({"onnx_precision": "none"}, ["python inferences/chat.py --backend merged"], [".venv-onnx-cuda"]),
     ],
-    ids=["azureml", "convert-only", "default"],
+    ids=["azureml", "convert-only", "default", "onnx-on-cpu", "no-onnx"],
 )
 def test_next_steps_fit_the_variant(tmp_path, answers, present, absent):
     args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE),
