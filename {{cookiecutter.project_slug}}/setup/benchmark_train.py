@@ -277,7 +277,9 @@ def ensure_model(model_dir: Path, facts: dict, config: dict, size: str, device: 
 
 class Memory:
     """Peak memory since the last reset: the CUDA allocator's peaks summed over the GPUs (device_map "auto" may
-    spread the model), or on a CPU the process's RSS high-water mark."""
+    spread the model), or on a CPU the process's RSS high-water mark. On a GPU the host's share is recorded too:
+    the process's RSS high-water mark over its whole life, model loading included, which the host's RAM must hold.
+    """
 
     def __init__(self, torch, cuda: bool):
         self.torch, self.cuda = torch, cuda
@@ -302,14 +304,19 @@ class Memory:
             return {
                 "allocated_gib": sum(cuda.max_memory_allocated(gpu) for gpu in self.gpus) / GIB,
                 "reserved_gib": sum(cuda.max_memory_reserved(gpu) for gpu in self.gpus) / GIB,
+                "host_rss_gib": self._rss_gib(),
             }
+        return {"rss_gib": self._rss_gib()}
+
+    @staticmethod
+    def _rss_gib() -> float:
         try:
             status = Path("/proc/self/status").read_text(encoding="ascii")
-            return {"rss_gib": int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) * 1024 / GIB}
+            return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) * 1024 / GIB
         except (OSError, AttributeError):
             import resource
 
-            return {"rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
 def matmul_rate(torch, device: str, dtype, size: int, seconds: float) -> float:
@@ -639,7 +646,8 @@ def run_benchmark(args, facts: dict, config: dict, model_dir: Path, label: str) 
 
 def _gib(memory: dict) -> str:
     if "allocated_gib" in memory:
-        return f"{memory['allocated_gib']:.2f} alloc / {memory['reserved_gib']:.2f} resv"
+        host = f", host {memory['host_rss_gib']:.2f} RSS" if "host_rss_gib" in memory else ""
+        return f"{memory['allocated_gib']:.2f} alloc / {memory['reserved_gib']:.2f} resv{host}"
     return f"{memory['rss_gib']:.2f} RSS"
 
 
