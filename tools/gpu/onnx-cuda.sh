@@ -53,8 +53,10 @@ cd "$project" || exit 1
 if [ ! -x "$venv" ]; then
     rm -rf "$STATE/wheels" && mkdir -p "$STATE/wheels"
     step "unpack the wheels" bash -c "cat '$STATE'/parts/part.* | xz -d | tar -C '$STATE/wheels' -xf -"
-    step "make .venv-onnx-cuda" "$PY" -m venv .venv-onnx-cuda
-    step "install the wheels" "$venv" -m pip install -q --no-index --no-deps --no-compile "$STATE"/wheels/*.whl
+    # without pip of its own (a base Python without ensurepip cannot make one); the main pip installs into it
+    step "make .venv-onnx-cuda" "$PY" -m venv --without-pip .venv-onnx-cuda
+    step "install the wheels" "$PY" -m pip --python "$venv" install -q --no-index --no-deps --no-compile \
+        "$STATE"/wheels/*.whl
     # nothing can be fetched there: the main interpreter's packages stand in for the numpy pin (a .pth file puts
     # them after the venv's own, so its onnxruntime wins), and its nvidia folder (CUDA 13) for the [cuda,cudnn]
     # extras, linked where those extras would install it, beside onnxruntime (onnxruntime.preload_dlls looks there)
