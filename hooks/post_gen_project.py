@@ -118,10 +118,11 @@ def onnx_cuda_step(root: Path) -> str | None:
 def next_steps(root: Path, context: dict, download_note: str | None, data_ready: bool) -> str:
     model = context["base_model"]
     trains = context["finetune_method"] != "none"
+    precision = context["onnx_precision"]
+    onnx = "no ONNX model" if precision == "none" else f"ONNX {precision} on {context['execution_provider']}"
     lines = [
         "",
-        f"Created {root} for {model} ({context['finetune_method']}, "
-        f"ONNX {context['onnx_precision']} on {context['execution_provider']}).",
+        f"Created {root} for {model} ({context['finetune_method']}, {onnx}).",
         "Next steps (run them from the project folder):",
         f"  cd {root}",
         PIP_STEP,

@@ -352,6 +352,30 @@ def test_placeholders_never_reach_a_job(project_dir, guard_env, python):
     assert not (project_dir / "fine-tuning/azureml/job.generated.yml").exists()
 
 
+def test_a_local_data_folder_must_hold_the_data_and_no_secret(project_dir, guard_env, python, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "raw.csv").write_text("Question,Best Answer\nq,a\n", encoding="utf-8")
+    dry_run = [python, "fine-tuning/azureml/submit.py", "--dry-run", "--data", str(folder)]
+    _one_error_line(subprocess.run(dry_run, cwd=project_dir, env=guard_env, capture_output=True, text=True),
+                    "no eval.jsonl, train.jsonl there", "python datasets/prepare.py")
+    for name in ("train.jsonl", "eval.jsonl"):
+        shutil.copy(project_dir / "datasets" / name, folder / name)
+    (folder / "keys").mkdir()
+    (folder / "keys/id_rsa").write_text("private", encoding="utf-8")
+    _one_error_line(subprocess.run(dry_run, cwd=project_dir, env=guard_env, capture_output=True, text=True),
+                    "keys/id_rsa would be uploaded with the data and may hold a secret")
+    (folder / "keys/id_rsa").unlink()
+    done = subprocess.run(dry_run, cwd=project_dir, env=guard_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_config_file_that_is_not_there_is_named(project_dir, guard_env, python, tmp_path):
+    result = _cli(python, ["fine-tuning/azureml/submit.py", "--dry-run", "--config", str(tmp_path / "nope.json")],
+                  project_dir, guard_env)
+    _one_error_line(result, f"--config {tmp_path / 'nope.json'}: no such file")
+
+
 def test_missing_data_is_reported(project_dir, guard_env, python):
     result = _cli(python, ["fine-tuning/azureml/submit.py", "--dry-run", "--data", "no/such/folder"], project_dir,
                   guard_env)
@@ -380,6 +404,22 @@ def test_not_logged_in_without_the_azure_cli_is_one_line(project_dir, guard_env,
     assert len(lines) == 1, result.stdout + result.stderr
     assert lines[0].startswith("ERROR: not logged in to Azure"), lines[0]
     assert "install the Azure CLI" in lines[0] and "az login" in lines[0]
+
+
+def test_a_login_that_fails_names_its_cause_without_ids_or_secret(project_dir, guard_env, python):
+    # service-principal variables set, as in CI, but login.microsoftonline.com unreachable (socket guard): the
+    # real DefaultAzureCredential fails in EnvironmentCredential, which is not "not logged in"
+    _write_config(project_dir)
+    ids = {
+        "AZURE_CLIENT_ID": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "AZURE_TENANT_ID": "a1b2c3d4-e5f6-4789-8abc-def012345678",
+    }
+    env = {**guard_env, **ids, "AZURE_CLIENT_SECRET": "do-not-print-me", "PATH": "/nonexistent"}
+    result = _cli(python, ["fine-tuning/azureml/submit.py", "--no-stream"], project_dir, env)
+    error = _one_error_line(result, "ERROR: Azure login failed: EnvironmentCredential could not authenticate (")
+    assert "AZURE_CLIENT_SECRET" in error and "login.microsoftonline.com" in error
+    for secret in [*ids.values(), "do-not-print-me", SUBSCRIPTION]:
+        assert secret not in result.stdout + result.stderr
 
 
 def test_not_logged_in_with_the_azure_cli_says_az_login(submit, project_dir, tmp_path, monkeypatch, capsys, caplog):

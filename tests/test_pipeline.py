@@ -1,6 +1,7 @@
 """The generated project's own smoke run: the real Olive workflow, then each backend answers."""
 
 import json
+import shutil
 
 import onnx
 import pytest
@@ -101,12 +102,17 @@ def test_convert_only_project_builds_the_base_model(smoke):
 
 
 @pytest.mark.pipeline
-def test_training_only_project_stops_after_merge(smoke):
+def test_training_only_project_stops_after_merge(smoke, python):
     project, result, summary = smoke(onnx_precision="none")
     assert set(summary["answers"]) == {"adapter", "merged"}
     assert all(len(ids) == NEW_TOKENS for ids in summary["answers"].values())
     assert (project / "gen-model/smoke/merged/model/config.json").is_file()
     assert not (project / "gen-model/smoke/onnx").exists()
+    assert "ONNX model built for the CPU provider" not in result.stdout
+    # no ONNX model in this project: chat.py answers with the merged one by default
+    chat = [python, "inferences/chat.py", "--gen-dir", "gen-model/smoke", "--prompt", "Hi", "--max-new-tokens", "3"]
+    chat = run_cli(chat, project)
+    assert chat.returncode == 0 and "[merged model loaded" in chat.stderr, chat.stderr
 
 
 @pytest.mark.pipeline
@@ -130,6 +136,12 @@ def test_run_wrapper_names_the_download_when_the_base_model_is_missing(tmp_path,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), lines
     assert "python model-cache/download.py" in lines[0]
+    base = project / "model-cache/microsoft/Phi-3-mini-4k-instruct"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}", encoding="utf-8")  # what a download that stopped early leaves
+    stopped = run_cli([python, "fine-tuning/run.py"], project)
+    assert stopped.returncode == 1 and stopped.stderr.startswith("ERROR: "), stopped.stderr
+    assert "config.json but no weights" in stopped.stderr and "python model-cache/download.py" in stopped.stderr
 
 
 @pytest.mark.parametrize("backend", ["adapter", "merged", "onnx"])
@@ -170,3 +182,70 @@ def test_chat_cli_streams_an_answer_from_the_smoke_model(smoke, python):
                      "--dtype", "float32"], project)
     assert wrong.returncode == 2 and "--dtype is for the adapter and merged backends" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+@pytest.mark.pipeline
+def test_chat_answers_on_the_provider_the_model_was_built_for(smoke, python, tmp_path):
+    """A CUDA project's smoke run on a machine without CUDA builds for the CPU: chat.py answers there by itself.
+    A model built for CUDA, where this genai has no CUDA, is one ERROR line naming --provider cpu."""
+    built, _, _ = smoke(finetune_method="lora", base_model=FAMILIES["phi3-4k"], onnx_precision="int4")
+    project = tmp_path / "project"
+    shutil.copytree(built, project)
+    (project / "gen-model/smoke/outputs.json").unlink()  # it names the first project's folders
+    facts_path = project / "setup/project.json"
+    facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    facts_path.write_text(json.dumps({**facts, "execution_provider": "cuda"}), encoding="utf-8")
+    chat = [python, "inferences/chat.py", "--gen-dir", "gen-model/smoke", "--prompt", "Hello?", "--max-new-tokens", "4"]
+    on_cpu = run_cli(chat, project)
+    assert on_cpu.returncode == 0 and "[onnx model on cpu loaded" in on_cpu.stderr, on_cpu.stderr
+    config_path = project / "gen-model/smoke/onnx/genai_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["model"]["decoder"]["session_options"]["provider_options"] = [{"cuda": {"enable_cuda_graph": "0"}}]
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    on_cuda = run_cli(chat, project)
+    assert on_cuda.returncode == 1 and "Traceback" not in on_cuda.stderr
+    error = [line for line in on_cuda.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(error) == 1 and error[0].startswith("ERROR: onnx on cuda: ") and "--provider cpu" in error[0]
+    assert run_cli([*chat, "--provider", "cpu"], project).returncode == 0
+    none = run_cli([*chat[:-1], "0"], project)
+    assert none.returncode == 2 and "--max-new-tokens must be at least 1" in none.stderr
+
+
+TINY_BASE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "setup")
+import project, tiny_model
+facts = project.load()
+tiny_model.build(facts, Path("datasets/train.jsonl"), Path(facts["model_dir"]))
+"""
+
+
+@pytest.mark.pipeline
+def test_run_trains_again_after_the_training_data_changed(tmp_path, python):
+    """Olive's cache knows the data only by its path: run.py clears it when the file's contents changed, and
+    keeps it when they did not."""
+    project = bake(tmp_path, execution_provider="cpu", onnx_precision="none", check_environment=False)
+    assert run_cli([python, "-c", TINY_BASE], project).returncode == 0  # a tiny base model in model-cache/
+    config_path = project / "fine-tuning/olive-config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for spec in config["passes"].values():
+        spec.get("training_args", {}).update(max_steps=4, eval_steps=2)
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    adapter = project / "gen-model/adapter/adapter_model.safetensors"
+
+    first = run_cli([python, "fine-tuning/run.py"], project)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    trained_first = adapter.read_bytes()
+    again = run_cli([python, "fine-tuning/run.py"], project)
+    assert again.returncode == 0 and "Loaded model from cache" in again.stdout  # same data: Olive's cache serves
+    assert "[run] the training data" not in again.stdout
+
+    train = project / "datasets/train.jsonl"
+    rows = train.read_text(encoding="utf-8").splitlines()
+    train.write_text("\n".join(rows[1:] + rows[:1]) + "\n", encoding="utf-8")  # as `prepare.py new.csv --force`
+    changed = run_cli([python, "fine-tuning/run.py"], project)
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "[run] the training data is changed since the runs in" in changed.stdout
+    assert "Loaded model from cache" not in changed.stdout
+    assert adapter.read_bytes() != trained_first

@@ -462,6 +462,7 @@ def test_smoke_run_and_run_wrapper_name_prepare_when_the_training_data_is_gone(t
     assert "run `python datasets/prepare.py` first" in one_error(smoke)
     (project / "model-cache/microsoft/Phi-3-mini-4k-instruct").mkdir(parents=True)
     (project / "model-cache/microsoft/Phi-3-mini-4k-instruct/config.json").write_text("{}", encoding="utf-8")
+    (project / "model-cache/microsoft/Phi-3-mini-4k-instruct/model.safetensors").write_bytes(b"\0" * 64)
     wrapper = run_cli([python, "fine-tuning/run.py"], project)
     assert wrapper.returncode == 1
     assert "datasets/train.jsonl: training data not found; make it with `python datasets/prepare.py" in wrapper.stderr

@@ -211,3 +211,30 @@ def test_no_jinja_in_the_template_files(name):
     """These scripts are copied as they are: a Jinja sequence in them would be rendered, or break the bake."""
     text = (TEMPLATE / "{{cookiecutter.project_slug}}" / "setup" / name).read_text("utf-8")
     assert not any(sequence in text for sequence in ("{{", "}}", "{%", "%}", "{#"))
+
+
+def test_what_a_run_writes_is_git_ignored(tmp_path):
+    """git add in a project after a run takes the project's files, not the weights, outputs, caches or venvs."""
+    project = bake(tmp_path, check_environment=False)
+    written = [
+        "gen-model/outputs.json",
+        "gen-model/olive-run.log",
+        "gen-model/training-loss.png",
+        "gen-model/olive-config.run1.json",
+        "gen-model/adapter/adapter_config.json",
+        "gen-model/onnx/genai_config.json",
+        "model-cache/microsoft/Phi-3-mini-4k-instruct/config.json",
+        ".olive-cache/training-data.json",
+        ".venv-onnx-cuda/bin/python",
+        "fine-tuning/azureml/config.json",
+    ]
+    for name in written:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("{}", encoding="utf-8")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    added = subprocess.run(
+        ["git", "add", "--all", "--dry-run"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout
+    staged = {line.removeprefix("add ").strip("'") for line in added.splitlines()}
+    assert not staged & set(written), sorted(staged & set(written))
+    assert {"gen-model/README.md", "model-cache/README.md", "model-cache/download.py"} <= staged

@@ -140,7 +140,7 @@ def chat_pair(turns: list, shape: str, chat: dict) -> tuple[str, str]:
     expected = ["user", "assistant"] * len(dialogue)
     if [role for role, _ in dialogue] != expected[: len(dialogue)]:
         raise ValueError("turns must alternate user, assistant, starting with user")
-    if system:  # Phi-3-mini's chat format has no system turn: it leads the first user turn
+    if system:  # the text template starts at the user turn, so a system message leads that turn
         dialogue[0] = ("user", "\n\n".join(system + [dialogue[0][1]]))
     parts = [dialogue[0][1]]
     for role, text in dialogue[1:-1]:

@@ -5,11 +5,13 @@
 Runs `olive run` from the project root (every path in the config is relative to it) with telemetry off,
 then copies the adapter and the merged model out of Olive's cache into gen-model/, plots the training loss,
 and exits non-zero when Olive made no model: olive-ai 0.13 can log "No output model produced" and still
-exit 0. QLoRA with int4 takes two olive runs, split at the Rtn pass (see stages()).
+exit 0. QLoRA with int4 takes two olive runs, split at the Rtn pass (see stages()). After the training data
+changed, Olive's cache is cleared first (see forget_stale_runs()).
 """
 
 import argparse
 import ast
+import hashlib
 import json
 import re
 import shutil
@@ -43,12 +45,57 @@ def preflight(config: dict) -> None:
             f"{model_path}: no base model there; download it with `python model-cache/download.py` "
             "(or run `python setup/smoke.py` for the offline smoke run)"
         )
+    if not any(model_path.glob("*.safetensors")) and not any(model_path.glob("*.bin")):
+        raise WorkflowError(
+            f"{model_path}: config.json but no weights (*.safetensors); a download that stopped early? "
+            "run `python model-cache/download.py` again"
+        )
     for name in project.data_files(config):
         if not _resolve(name).is_file():
             raise WorkflowError(
                 f"{name}: training data not found; make it with `python datasets/prepare.py <your data file>` "
                 "(see datasets/README.md)"
             )
+
+
+# in Olive's cache folder: the training data its cached runs were trained on
+DATA_RECORD = "training-data.json"
+
+
+def data_fingerprint(config: dict) -> dict[str, str]:
+    """sha256 of each training data file the config reads."""
+    found = {}
+    for name in project.data_files(config):
+        digest = hashlib.sha256()
+        with open(_resolve(name), "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+        found[name] = digest.hexdigest()
+    return found
+
+
+def forget_stale_runs(config: dict) -> None:
+    """Clear Olive's cache when the training data changed since the runs it holds.
+
+    Olive finds a cached run by the pass config, in which the data is only a path such as datasets/train.jsonl,
+    so after `prepare.py new-data.csv --force` it would hand back the training of the old data. (It hashes
+    models by their files, so a changed base or merged model is run again without this.)
+    """
+    now = data_fingerprint(config)
+    if not now:  # a convert-only project trains on nothing
+        return
+    cache = _resolve(config.get("cache_dir", ".olive-cache"))
+    record = cache / DATA_RECORD
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if before != now and cache.is_dir() and any(cache.iterdir()):
+        changed = "changed since" if before is not None else "unknown for"
+        print(f"[run] the training data is {changed} the runs in {cache}: clearing it, so the model trains again")
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(now, indent=2), encoding="utf-8")
 
 
 def run_olive(config_path: Path, log_path: Path) -> str:
@@ -193,6 +240,7 @@ def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Pa
     config = json.loads(config_path.read_text(encoding="utf-8"))
     gen_dir = gen_dir or project.GEN_MODEL
     preflight(config)
+    forget_stale_runs(config)
     runs = stages(config, config_path, gen_dir)
     log_text, found = "", {}
     for number, (stage, path) in enumerate(runs, start=1):

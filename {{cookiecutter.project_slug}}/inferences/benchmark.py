@@ -345,7 +345,7 @@ def benchmark(args) -> int:
         if spec["kind"] == "onnx":
             spec["dtype"] = onnx_precision(paths["onnx"])
     facts = project.load()
-    provider = args.provider or (facts["execution_provider"] if chat.has_cuda() else "cpu")
+    provider = chat.onnx_provider(args.provider, paths["onnx"])
     prompts = build_prompts(load_tokenizer(paths), facts, settings["prompts"], settings["prompt_tokens"])
     results = []
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
@@ -505,7 +505,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, help=f"questions per repeat (default {FULL['prompts']})")
     parser.add_argument("--repeats", type=int, help=f"times through the questions (default {FULL['repeats']})")
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores; 0: the library's default)")
-    parser.add_argument("--provider", choices=("cpu", "cuda"), help="ONNX provider (default: project's; no CUDA: cpu)")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), help="ONNX provider (default: the model's own)")
     parser.add_argument("--out", type=Path, help="JSON report (default <models folder>/benchmark.json; PNG beside)")
     parser.add_argument(
         "--onnx-python",

@@ -212,7 +212,7 @@ class TorchBackend:
 class OnnxBackend:
     def __init__(self, paths: dict[str, Path], provider: str | None = None, threads: int = 0):
         check_model("onnx", paths)
-        provider = onnx_provider(provider)
+        provider = onnx_provider(provider, paths["onnx"])
         if provider == "cuda":
             reason = onnx_cuda_env.unusable_reason()
             if reason:
@@ -231,7 +231,17 @@ class OnnxBackend:
         self.threads = threads if threads > 0 else genai_default_threads()
         self.provider = provider
         self.og = og
-        self.model = og.Model(config)
+        try:
+            self.model = og.Model(config)
+        except Exception as error:
+            if provider == "cpu":
+                raise
+            # e.g. a CPU-only onnxruntime-genai: "Cuda interface not available"
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise Unavailable(
+                f"onnx on {provider}: {reason}. Answer on the CPU with --provider cpu, or install what "
+                f"setup/requirements.txt pins ({project.PIP_INSTALL}); python setup/check_env.py says what is missing"
+            ) from error
         self.tokenizer = og.Tokenizer(self.model)
 
     def generate(
@@ -264,15 +274,27 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
 
 
-def onnx_provider(provider: str | None) -> str:
-    """The ONNX execution provider asked for, else the project's."""
-    return provider or project.load()["execution_provider"]
+def built_for(onnx_dir: Path) -> str | None:
+    """The provider the ONNX model was built for, from its genai_config.json ("cpu" when it names none), or
+    None when that cannot be read. setup/smoke.py builds for the CPU on a machine without a CUDA GPU."""
+    try:
+        config = json.loads((onnx_dir / "genai_config.json").read_text(encoding="utf-8"))
+        options = config["model"]["decoder"]["session_options"]["provider_options"]
+        names = [name for entry in options for name in entry]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return names[0] if names else "cpu"
 
 
-def onnx_python(provider: str | None) -> Path:
+def onnx_provider(provider: str | None, onnx_dir: Path | None = None) -> str:
+    """The ONNX execution provider asked for, else the one the model was built for, else the project's."""
+    return provider or (onnx_dir and built_for(onnx_dir)) or project.load()["execution_provider"]
+
+
+def onnx_python(provider: str | None, onnx_dir: Path | None = None) -> Path:
     """The interpreter that runs the onnx backend: .venv-onnx-cuda's on CUDA when it was made (see
     setup/onnx_cuda_env.py), else this one."""
-    env = onnx_cuda_env.env_python() if onnx_provider(provider) == "cuda" else None
+    env = onnx_cuda_env.env_python() if onnx_provider(provider, onnx_dir) == "cuda" else None
     return env if env and not onnx_cuda_env.running_in() else Path(sys.executable)
 
 
@@ -303,11 +325,15 @@ def answer(backend, question: str, max_new_tokens: int = 256, stream=True) -> li
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=BACKENDS, default="onnx", help="which model answers (default: onnx)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help="which model answers (default: onnx, or merged in a project without ONNX)"
+    )
     parser.add_argument("--prompt", help="answer this one question and exit; without it, chat interactively")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--gen-dir", type=Path, help="folder holding adapter/, merged/, onnx/ (default gen-model/)")
-    parser.add_argument("--provider", choices=("cpu", "cuda"), help="ONNX execution provider (default: project's)")
+    parser.add_argument(
+        "--provider", choices=("cpu", "cuda"), help="ONNX execution provider (default: the one the model was built for)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores; 0: the library's default)")
     parser.add_argument(
         "--dtype",
@@ -315,19 +341,24 @@ def main(argv=None) -> int:
         help="adapter/merged weights (default: bfloat16 on a GPU or a CPU with bf16, else float32)",
     )
     args = parser.parse_args(argv)
+    args.backend = args.backend or ("merged" if project.load()["onnx_precision"] == "none" else "onnx")
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
     if args.threads is not None and args.threads < 0:
         parser.error("--threads must be 0 (the library's default) or more")
     if args.dtype and args.backend == "onnx":
         parser.error("--dtype is for the adapter and merged backends; the ONNX model has its own precision")
-    python = onnx_python(args.provider) if args.backend == "onnx" else Path(sys.executable)
+    paths = default_paths(args.gen_dir)
+    python = onnx_python(args.provider, paths["onnx"]) if args.backend == "onnx" else Path(sys.executable)
     if python != Path(sys.executable):
         print(f"[onnx on CUDA: running in {onnx_cuda_env.ENV_DIR.name}]", file=sys.stderr, flush=True)
         command = [str(python), str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
         os.execve(python, command, onnx_cuda_env.child_environ())
     try:
         started = time.perf_counter()
-        backend = load_backend(args.backend, default_paths(args.gen_dir), args.provider, args.threads, args.dtype)
-        print(f"[{args.backend} model loaded in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
+        backend = load_backend(args.backend, paths, args.provider, args.threads, args.dtype)
+        where = f" on {backend.provider}" if args.backend == "onnx" else ""
+        print(f"[{args.backend} model{where} loaded in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
     except Unavailable as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1

@@ -55,7 +55,8 @@ def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tupl
     accelerators = smoke["systems"]["local_system"]["accelerators"]
     if not cuda and accelerators[0]["execution_providers"] != ["CPUExecutionProvider"]:
         accelerators[:] = [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]
-        changes.append("no CUDA GPU here: ONNX model built for the CPU provider")
+        if final == "onnx":
+            changes.append("no CUDA GPU here: ONNX model built for the CPU provider")
         for spec in smoke["passes"].values():
             if spec["type"] == "ModelBuilder" and spec.get("precision") == "fp16":
                 spec["precision"] = "fp32"
@@ -145,7 +146,10 @@ def main(argv=None) -> int:
                 break
             same += 1
         summary["onnx_merged_greedy_agreement"] = same
-        print(f"[smoke] first greedy tokens equal between ONNX and merged PyTorch: {same} of {NEW_TOKENS}")
+        # fp32 ONNX matches float32 PyTorch token for token; int4 rounds every weight, and the random model's
+        # near-tied logits then part at once: no sign of a fault
+        why = "" if facts["onnx_precision"] == "fp32" else f" ({facts['onnx_precision']} weights: expected to differ)"
+        print(f"[smoke] first greedy tokens equal between ONNX and merged PyTorch: {same} of {NEW_TOKENS}{why}")
     (work / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print("[smoke] wall time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     print(f"[smoke] OK: {', '.join(found)} made and answering; details in {work / 'summary.json'}")

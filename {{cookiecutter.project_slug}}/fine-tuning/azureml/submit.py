@@ -178,10 +178,24 @@ def data_input(spec: str | None):
     if DATA_URI.match(spec):
         return Input(type="uri_folder", path=spec, mode="download")
     folder = Path(spec).expanduser().resolve()
+    names = [Path(f).name for f in files]  # the job copies the folder into datasets/ (job_steps.stage_data)
     if not folder.is_dir():
         raise SubmitError(
-            f"--data {spec}: no such folder; give a local folder holding {', '.join(Path(f).name for f in files)}, "
+            f"--data {spec}: no such folder; give a local folder holding {', '.join(names)}, "
             "or azureml://datastores/<datastore>/paths/<folder>"
+        )
+    absent = [name for name in names if not (folder / name).is_file()]
+    if absent:
+        raise SubmitError(
+            f"--data {spec}: no {', '.join(absent)} there, which fine-tuning/olive-config.json reads; make them with "
+            "`python datasets/prepare.py <your data>` and give the folder holding them"
+        )
+    # the whole folder is uploaded, as the code is: the same refusal of secret-looking files
+    secrets = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and _is_secret(p.name))
+    if secrets:
+        raise SubmitError(
+            f"--data {spec}: {', '.join(secrets[:3])} would be uploaded with the data and may hold a secret; "
+            f"give a folder with only the data ({', '.join(names)})"
         )
     return Input(type="uri_folder", path=str(folder), mode="download")
 
@@ -304,6 +318,17 @@ def snapshot_summary(config_file: Path = CONFIG_FILE) -> str:
 # ---------------------------------------------------------------- Azure
 
 
+# DefaultAzureCredential's message has a line per source it tried; a source that was set up but failed says so
+AUTH_FAILED = re.compile(r"^\s*(\w+Credential): Authentication failed: (.+)$", re.MULTILINE)
+# tenant and client ids in Entra's messages: kept out of the output like every Azure id
+AZURE_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+LOGIN_SETTINGS = {
+    "EnvironmentCredential": "AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET",
+    "AzureCliCredential": "the Azure CLI's login (`az login` again)",
+    "ManagedIdentityCredential": "this machine's managed identity",
+}
+
+
 def connect(settings: dict, credential=None, **client_kwargs):
     """An MLClient for the configured workspace, after proving the login works."""
     from azure.ai.ml import MLClient
@@ -318,7 +343,16 @@ def connect(settings: dict, credential=None, **client_kwargs):
             credential = DefaultAzureCredential()
         try:
             credential.get_token("https://management.azure.com/.default")
-        except ClientAuthenticationError:
+        except ClientAuthenticationError as error:
+            # a source that was configured but failed (wrong secret, no network) is not "not logged in"
+            failed = AUTH_FAILED.search(str(error))
+            if failed:
+                source, reason = failed.groups()
+                raise SubmitError(
+                    f"Azure login failed: {source} could not authenticate ({AZURE_ID.sub('<id>', reason)[:240]}): "
+                    f"check {LOGIN_SETTINGS.get(source, 'its settings')} and that this machine reaches "
+                    "login.microsoftonline.com"
+                ) from None
             if shutil.which("az"):
                 fix = "run `az login`"
             else:
@@ -494,6 +528,8 @@ def parse_args(argv):
 
 
 def run(args, credential=None, **client_kwargs) -> int:
+    if args.config != CONFIG_FILE and not args.config.is_file():  # the default file may be absent: env settings
+        raise SubmitError(f"--config {args.config}: no such file; give the workspace config file's path")
     settings = load_settings(args.config, overrides={"compute": args.compute})
     if args.download:
         require_workspace(settings, args.config)
