@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-$PWD/.venv/bin/python}
 PART_MIB=${PART_MIB:-54}
-rm -rf .gpu-onnx && mkdir -p .gpu-onnx/parts .gpu-onnx/stored
+rm -rf .gpu-onnx/project .gpu-onnx/parts .gpu-onnx/stored .gpu-onnx/manifest  # the downloaded wheels stay
+mkdir -p .gpu-onnx/parts .gpu-onnx/stored
 "$PY" -m cookiecutter --no-input --output-dir .gpu-onnx . check_environment=false project_slug=project >/dev/null
 (cd .gpu-onnx/project && OLIVE_DISABLE_TELEMETRY=1 "$PY" ../../tools/gpu/tiny_cuda_model.py >../tiny.log 2>&1) ||
     { tail -30 .gpu-onnx/tiny.log; exit 1; }
