@@ -461,6 +461,13 @@ def test_second_download_into_the_same_folder_is_refused(proj, hub, cli):
     assert not hub.requests
 
 
+def test_a_folder_that_cannot_be_written_is_named_not_taken_for_a_lock(proj, hub, cli):
+    result = cli(proj, "--revision", OLD, "--local-dir", "/proc/phi3-e2e-model", endpoint=hub.endpoint)
+    assert_fails(result, 1, "/proc: cannot write there", "--local-dir")
+    assert "another download" not in result.stderr
+    assert not hub.requests
+
+
 def test_lock_file_goes_on_failure_and_on_sigterm(proj, hub, cli):
     hub.cut(SHARD, times=100, keep=0)
     failed = cli(proj, "--revision", OLD, endpoint=hub.endpoint)

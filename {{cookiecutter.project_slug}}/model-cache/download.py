@@ -148,8 +148,16 @@ def download_lock(local_dir: Path):
     """
     from filelock import FileLock, Timeout
 
-    local_dir.parent.mkdir(parents=True, exist_ok=True)
     path = local_dir.parent / f".{local_dir.name}.download.lock"
+    try:  # filelock reports a lock file it cannot create as a lock someone else holds
+        local_dir.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    except OSError as error:
+        raise DownloadError(
+            1,
+            f"{local_dir.parent}: cannot write there ({error.strerror or error}); give --local-dir a folder you can "
+            "write to, or fix that folder's permissions",
+        ) from None
     for attempt in range(3):
         lock = FileLock(str(path))
         try:
