@@ -212,7 +212,7 @@ def test_chat_answers_on_the_provider_the_model_was_built_for(smoke, python, tmp
 
 
 TINY_BASE = """
-import json, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, "setup")
 import project, tiny_model

@@ -646,8 +646,10 @@ def run_benchmark(args, facts: dict, config: dict, model_dir: Path, label: str) 
 
 def _gib(memory: dict) -> str:
     if "allocated_gib" in memory:
-        host = f", host {memory['host_rss_gib']:.2f} RSS" if "host_rss_gib" in memory else ""
-        return f"{memory['allocated_gib']:.2f} alloc / {memory['reserved_gib']:.2f} resv{host}"
+        return (
+            f"{memory['allocated_gib']:.2f} alloc / {memory['reserved_gib']:.2f} resv, "
+            f"host {memory['host_rss_gib']:.2f} RSS"
+        )
     return f"{memory['rss_gib']:.2f} RSS"
 
 

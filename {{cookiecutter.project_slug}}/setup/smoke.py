@@ -111,12 +111,12 @@ def main(argv=None) -> int:
         first = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
         question = str(first[facts["question_column"]])
     paths = chat.default_paths(work)
-    provider = None if cuda else "cpu"
     for backend_name in chat.BACKENDS:
         if backend_name not in found:
             continue
         started = time.perf_counter()
-        python = chat.onnx_python(provider) if backend_name == "onnx" else Path(sys.executable)
+        # the onnx backend answers on the provider the model was built for (above: the CPU without CUDA)
+        python = chat.onnx_python(None, paths["onnx"]) if backend_name == "onnx" else Path(sys.executable)
         if python != Path(sys.executable):
             # onnx on CUDA answers in .venv-onnx-cuda (setup/onnx_cuda_env.py), through chat.py: text, no ids
             print(f"[smoke] onnx answers in {python}: ", flush=True)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             continue
         try:
             # float32 PyTorch: the reference the fp32 ONNX model must match token for token
-            backend = chat.load_backend(backend_name, paths, provider, dtype="float32")
+            backend = chat.load_backend(backend_name, paths, dtype="float32")
         except chat.Unavailable as error:
             print(f"ERROR: smoke run: {error}", file=sys.stderr)
             return 1
