@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,13 @@ def run_cli(args: list[str], cwd: Path, input_text: str | None = None, timeout: 
     return subprocess.run(
         args, cwd=cwd, input=input_text, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def foreground_sigint() -> None:
+    """preexec_fn: the child gets Ctrl-C as a terminal's foreground job does. A shell's background job (CI
+    started with `&`, nohup) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored, so without
+    this a Ctrl-C test would measure how the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -639,6 +639,12 @@ def test_download_places_outputs_and_repoints_outputs_json(submit, tmp_path):
     assert json.loads((gen / "outputs.json").read_text()) == {
         name: str(gen / name) for name in ("adapter", "merged", "onnx")
     }
+    # today's run.py records paths relative to gen-model/: they stay so
+    relative = {"adapter": "adapter", "merged": "merged/model", "onnx": "onnx"}
+    (job_dir / "adapter").mkdir()
+    (job_dir / "outputs.json").write_text(json.dumps(relative))
+    submit.place_outputs(job_dir, gen)
+    assert json.loads((gen / "outputs.json").read_text()) == relative
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(submit.SubmitError, match="output is empty"):

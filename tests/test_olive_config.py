@@ -102,9 +102,22 @@ def test_a_typed_batch_size_keeps_four_samples_per_step(tmp_path):
             ),
             "prunes",
         ),
+        # Olive keeps training_args as a plain dict when one of its own fields has the wrong JSON type
+        (
+            lambda c: c["passes"]["lora"]["training_args"].update(learning_rate="1e-4", bf16="false"),
+            'learning_rate: "1e-4": Input should be a valid number; remove the quotes',
+        ),
+        # neither Olive nor transformers converts TrainingArguments fields: "false" would switch bf16 on
+        (lambda c: c["passes"]["lora"]["training_args"].update(bf16="false"), 'bf16: "false" is not true or false'),
+        (
+            lambda c: c["passes"]["lora"]["training_args"].update(per_device_train_batch_size="4"),
+            'per_device_train_batch_size: "4" is not a whole number; remove the quotes',
+        ),
+        (lambda c: c["passes"]["lora"]["training_args"].update(max_steps=10.0), "max_steps: 10.0 is not a whole"),
     ],
     ids=["lora_r", "lora_alpha", "evaluation_strategy", "typo", "eval_dataset_size", "corpus_strategy",
-         "source_max_len", "dataset_type", "fp16-on-cpu"],
+         "source_max_len", "dataset_type", "fp16-on-cpu", "quoted-olive-field", "quoted-switch", "quoted-batch",
+         "float-steps"],
 )
 def test_deep_check_fails_on_what_olive_would_ignore(tmp_path, checker, mutate, expected):
     project = bake(tmp_path)

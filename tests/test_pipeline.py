@@ -1,11 +1,15 @@
 """The generated project's own smoke run: the real Olive workflow, then each backend answers."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 
 import onnx
 import pytest
-from conftest import bake, run_cli
+from conftest import bake, foreground_sigint, run_cli
 
 NEW_TOKENS = 12
 FAMILIES = {
@@ -30,7 +34,7 @@ def test_smoke_pipeline_trains_merges_builds_and_answers(smoke, method, family, 
     assert (work / "training-loss.png").stat().st_size > 1000
     # the adapter was trained on the tiny model, not model-cache/'s: run.py records it for chat.py
     record = json.loads((work / "outputs.json").read_text(encoding="utf-8"))
-    assert record["base"] == str((work / "tiny-model").resolve())
+    assert record["base"] == "tiny-model"  # relative to the record: a moved project finds its own models
     adapter = json.loads((work / "adapter/adapter_config.json").read_text(encoding="utf-8"))
     assert adapter["r"] == 64 and adapter["lora_alpha"] == 64
     # LoRA adapts the model table's modules; olive-ai's QLoRA adapts every 4-bit linear layer
@@ -129,6 +133,34 @@ def test_run_wrapper_fails_when_olive_makes_no_model(smoke, python):
     assert result.stderr.strip().splitlines()[-1].startswith("ERROR: olive run produced no model")
 
 
+@pytest.mark.pipeline
+def test_run_wrapper_ctrl_c_stops_olive_and_says_what_is_left(smoke, python):
+    """Ctrl-C reaches the terminal's whole process group: run.py stops olive and ends with one message."""
+    project, _, _ = smoke(finetune_method="none", onnx_precision="fp32")
+    config = json.loads((project / "gen-model/smoke/olive-config.json").read_text(encoding="utf-8"))
+    config["output_dir"] = str(project / "gen-model/interrupted/onnx")
+    config["cache_dir"] = str(project / "interrupted-cache")  # a cache hit would finish before the signal
+    path = project / "interrupted.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    run = subprocess.Popen(
+        [python, "fine-tuning/run.py", "--config", str(path)], cwd=project, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=foreground_sigint,
+    )
+    try:
+        first = run.stdout.readline()  # olive has started and logs
+        assert first, run.stderr.read()
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("Interrupted: gen-model/ keeps the models of the last finished")
+    assert "Traceback" not in out + err
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # olive is not left running
+        os.killpg(run.pid, 0)
+
+
 def test_run_wrapper_names_the_download_when_the_base_model_is_missing(tmp_path, python):
     project = bake(tmp_path)
     result = run_cli([python, "fine-tuning/run.py"], project)
@@ -151,6 +183,102 @@ def test_chat_names_the_command_when_a_model_is_missing(tmp_path, python, backen
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: ") and "python fine-tuning/run.py" in lines[0]
+    assert "--gen-dir gen-model/smoke" in lines[0]  # where the smoke run's models are
+    smoke = run_cli([python, "inferences/chat.py", "--backend", backend, "--gen-dir", "gen-model/smoke", "--prompt",
+                     "hi"], project)
+    assert smoke.returncode == 1 and smoke.stderr.strip().endswith("make it with `python setup/smoke.py`")
+
+
+def test_chat_names_the_download_when_the_base_model_is_missing(tmp_path, python):
+    project = bake(tmp_path)
+    (project / "gen-model/adapter").mkdir(parents=True)
+    (project / "gen-model/adapter/adapter_config.json").write_text("{}", encoding="utf-8")
+    result = run_cli([python, "inferences/chat.py", "--backend", "adapter", "--prompt", "hi"], project)
+    assert result.returncode == 1 and "no base model yet; download it with `python model-cache/download.py`" in (
+        result.stderr
+    )
+
+
+def test_chat_refuses_more_threads_than_cpus(tmp_path, python):
+    project = bake(tmp_path)
+    many = (os.cpu_count() or 1) + 1
+    result = run_cli([python, "inferences/chat.py", "--threads", str(many), "--prompt", "hi"], project)
+    assert result.returncode == 2 and f"--threads {many}: this machine has" in result.stderr
+
+
+@pytest.mark.parametrize("record", ['{"onnx": ', '["onnx"]', '{"onnx": null}'], ids=["cut", "list", "null"])
+def test_chat_names_an_unreadable_outputs_record(tmp_path, python, record):
+    project = bake(tmp_path)
+    (project / "gen-model/outputs.json").write_text(record, encoding="utf-8")
+    result = run_cli([python, "inferences/chat.py", "--prompt", "hi"], project)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("ERROR: ") and "outputs.json: unreadable" in result.stderr
+    assert "python fine-tuning/run.py" in result.stderr
+
+
+STREAM = """
+import json, sys
+sys.path.insert(0, "inferences")
+import chat
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("gen-model/smoke/merged")
+pieces = []
+stream = chat.TextStream(tokenizer, pieces.append)
+for token in tokenizer.encode(sys.argv[1], add_special_tokens=False):
+    stream.add(token)
+stream.end()
+print(json.dumps(pieces))
+"""
+
+
+@pytest.mark.pipeline
+def test_chat_streams_the_text_the_tokenizer_decodes(smoke, python):
+    """Token by token, Phi-3's tokenizer drops each word's leading space: the stream decodes the answer so far."""
+    project, _, _ = smoke(finetune_method="lora", base_model=FAMILIES["phi3-4k"], onnx_precision="int4")
+    text = "Panels take two days to install, about 5 000 kWh a year."
+    result = run_cli([python, "-c", STREAM, text], project)
+    assert result.returncode == 0, result.stderr
+    pieces = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "".join(pieces) == text
+    assert len(pieces) > 5  # it streamed, not one piece at the end
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("backend", ["onnx", "merged"])
+def test_chat_refuses_a_prompt_longer_than_the_context(smoke, python, backend):
+    project, _, _ = smoke(finetune_method="lora", base_model=FAMILIES["phi3-4k"], onnx_precision="int4")
+    chat = [python, "inferences/chat.py", "--backend", backend, "--gen-dir", "gen-model/smoke"]
+    long = "solar panel warranty inverter " * 1000
+    one_shot = run_cli([*chat, "--prompt", long], project)
+    assert one_shot.returncode == 1 and "Traceback" not in one_shot.stderr
+    assert "ERROR: --prompt: the prompt is " in one_shot.stderr and "the model's context is 4096 tokens" in (
+        one_shot.stderr
+    )
+    # the session goes on after a question that does not fit; an answer that would not fit is cut at the context
+    session = run_cli([*chat, "--max-new-tokens", "100000"], project, input_text=f"hi\n{long}\nstill there?\n")
+    assert session.returncode == 0 and "Traceback" not in session.stderr, session.stderr
+    assert session.stdout.count("model> ") == 3 and session.stderr.count("ERROR: the prompt is ") == 1
+
+
+@pytest.mark.pipeline
+def test_chat_ctrl_c_at_the_prompt_exits_without_a_traceback(smoke, python):
+    project, _, _ = smoke(finetune_method="lora", base_model=FAMILIES["phi3-4k"], onnx_precision="int4")
+    chat = subprocess.Popen(
+        [python, "inferences/chat.py", "--backend", "onnx", "--gen-dir", "gen-model/smoke"], cwd=project,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=foreground_sigint,
+    )
+    try:
+        banner = ""
+        while "Ctrl-C stops an answer" not in banner:  # loaded, and about to ask
+            banner = chat.stderr.readline()
+            assert banner, "chat.py ended before asking"
+        time.sleep(0.5)
+        chat.send_signal(signal.SIGINT)
+        _, err = chat.communicate(timeout=60)
+    finally:
+        chat.kill()
+    assert chat.returncode == 130 and "[interrupted]" in err and "Traceback" not in err
 
 
 @pytest.mark.pipeline
@@ -191,7 +319,6 @@ def test_chat_answers_on_the_provider_the_model_was_built_for(smoke, python, tmp
     built, _, _ = smoke(finetune_method="lora", base_model=FAMILIES["phi3-4k"], onnx_precision="int4")
     project = tmp_path / "project"
     shutil.copytree(built, project)
-    (project / "gen-model/smoke/outputs.json").unlink()  # it names the first project's folders
     facts_path = project / "setup/project.json"
     facts = json.loads(facts_path.read_text(encoding="utf-8"))
     facts_path.write_text(json.dumps({**facts, "execution_provider": "cuda"}), encoding="utf-8")

@@ -200,7 +200,7 @@ def test_csv_row_with_wrong_field_count_is_reported(prepare, tmp_path):
         (b'{"rows": [1, 2]}', "object.json", "a JSON object, expected a list of rows; the rows may be under 'rows'"),
         (b"[1, 2,", "broken.json", "not valid JSON at line 1, column 7"),
         (b"", "empty.csv", "empty file; the first line must name the columns"),
-        (b"Question,Best Answer\nonly,one\n", "one.csv", "1 usable rows; training needs at least 2"),
+        (b"Question,Best Answer\nonly,one\n", "one.csv", "1 usable row; training needs at least 2"),
         (b"x", "data.xlsx", "unknown file type '.xlsx'; pass --format"),
         (b"Question,Best Answer,Question\na,b,c\n", "dupcol.csv",
          "column 'Question' appears more than once (columns 1, 3); rename one"),

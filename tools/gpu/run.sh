@@ -26,8 +26,13 @@ fi
 transformers.__version__, 'peft', peft.__version__, 'olive', olive.__version__, 'datasets', datasets.__version__)" \
     | tee "$OUT/versions.txt" || exit 1
 b=per_device_train_batch_size; ckpt=gradient_checkpointing; bf16="bf16=true"
-# name method label:overrides ...  (config: the baked project's own settings, batch 1 with checkpointing; a
-# group that does not name it runs it last, which in the second groups measures the run-to-run spread)
+# The projects are baked with the default gpu_memory, 16gb. Its LoRA profile is batch 1 with checkpointing, the
+# settings of the 2026-11-28 LoRA `config` columns. Its QLoRA profile is batch 4 with checkpointing and bf16, so
+# the QLoRA columns that stand for those runs' `config` (batch 1 with checkpointing) or that change only the
+# batch say bf16=false themselves: each column then measures what its label and the recorded run say.
+q1="$b=1,$ckpt=true,bf16=false"
+# name method label:overrides ...  (config: the baked project's own settings; a group that does not name it runs
+# it last, which in the second groups measures the run-to-run spread)
 group() {
     local name=$1 method=$2; shift 2
     local compare=() item
@@ -51,7 +56,7 @@ for name, profile in profiles.items():
 PYTHON
     )
 }
-# default: every profile beside the seed (LoRA) or the batch-1 config (QLoRA), side by side in one run per
+# default: every profile beside the seed (LoRA) or QLoRA's batch 1 with checkpointing, side by side in one run per
 # method, then candidates for a profile that reaches 1.7x the seed on an 80 GB card (the 40gb profile gave 1.65x:
 # batch 8 with Liger, which may fit where b8bf16's 82.55 GiB did not; Liger with torch_compile), last so that a
 # call cut short keeps the profiles; lora1 ... kernels are the groups of 2026-11-28's two calls
@@ -62,13 +67,15 @@ for name in "${@:-${all[@]}}"; do
     case $name in
     # shellcheck disable=SC2086  # one column per line, no spaces inside one: split on purpose
     profiles-lora) columns=$(profile_columns lora) || exit 1; group profiles-lora lora seed $columns ;;
-    profiles-qlora) columns=$(profile_columns qlora) || exit 1; group profiles-qlora qlora config $columns ;;
+    profiles-qlora) columns=$(profile_columns qlora) || exit 1; group profiles-qlora qlora "b1ckpt:$q1" $columns ;;
     lora1) group lora1 lora seed config "b4:$b=4,$ckpt=false" "b4bf16:$b=4,$ckpt=false,$bf16" \
         "b8bf16:$b=8,$ckpt=false,$bf16" "b1bf16:$b=1,$ckpt=false,$bf16" ;;
-    qlora1) group qlora1 qlora config "b2ckpt:$b=2" "b4ckpt:$b=4" "b8ckpt:$b=8" "b4ckptbf16:$b=4,$bf16" ;;
+    qlora1) group qlora1 qlora "b1ckpt:$q1" "b2ckpt:$b=2,bf16=false" "b4ckpt:$b=4,bf16=false" \
+        "b8ckpt:$b=8,bf16=false" "b4ckptbf16:$b=4,$bf16" ;;
     lora2) group lora2 lora "b2bf16:$b=2,$ckpt=false,$bf16" "b16ckptbf16:$b=16,$bf16" \
         "b4bf16compile:$b=4,$ckpt=false,$bf16,torch_compile=true" ;;
-    qlora2) group qlora2 qlora "b1:$b=1,$ckpt=false" "b8ckptbf16:$b=8,$bf16" "b2bf16:$b=2,$ckpt=false,$bf16" ;;
+    qlora2) group qlora2 qlora "b1:$b=1,$ckpt=false,bf16=false" "b8ckptbf16:$b=8,$bf16" \
+        "b2bf16:$b=2,$ckpt=false,$bf16" "b1ckpt:$q1" ;;
     candidates) group candidates lora "b8bf16liger:$b=8,$ckpt=false,$bf16,use_liger_kernel=true" \
         "b4bf16ligercompile:$b=4,$ckpt=false,$bf16,use_liger_kernel=true,torch_compile=true" ;;
     kernels) group kernels lora "b4bf16:$b=4,$ckpt=false,$bf16" "b4bf16liger:$b=4,$ckpt=false,$bf16,use_liger_kernel=true" \

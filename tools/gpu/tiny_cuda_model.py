@@ -9,7 +9,6 @@ onnxruntime-genai write the CUDA genai_config and graph that tools/gpu/onnx-cuda
 import json
 import shutil
 import sys
-from pathlib import Path
 
 sys.path[:0] = ["setup", "fine-tuning", "datasets"]
 import prepare  # noqa: E402
@@ -35,17 +34,14 @@ def main() -> int:
     print("[cuda-tiny] " + "; ".join(changes), flush=True)
     run.run_workflow(path, gen_dir=work)
     shutil.rmtree(work / "olive-cache")
-    # the record's paths relative to the project root: the project travels to another machine's folder
-    record = work / run.OUTPUTS_RECORD
-    paths = json.loads(record.read_text(encoding="utf-8"))
-    relative = {name: str(Path(value).relative_to(project.ROOT.resolve())) for name, value in paths.items()}
-    record.write_text(json.dumps(relative, indent=2), encoding="utf-8")
+    # run.py records the paths relative to the record, so the project can travel to another machine's folder
+    recorded = json.loads((work / run.OUTPUTS_RECORD).read_text(encoding="utf-8"))
     genai = json.loads((work / "onnx" / "genai_config.json").read_text(encoding="utf-8"))
     providers = genai["model"]["decoder"]["session_options"]["provider_options"]
     if not any("cuda" in options for options in providers):
         print(f"ERROR: the ONNX model is not built for CUDA: provider_options {providers}", file=sys.stderr)
         return 1
-    print(f"[cuda-tiny] {', '.join(relative)} in {work}", flush=True)
+    print(f"[cuda-tiny] {', '.join(recorded)} in {work}", flush=True)
     return 0
 
 

@@ -169,6 +169,10 @@ def to_pair(record: dict, question_col: str, answer_col: str, chat: dict) -> tup
     return values[0], values[1]
 
 
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 class Report:
     def __init__(self):
         self.read = 0
@@ -191,7 +195,7 @@ class Report:
             for reason, wheres in sorted(self.dropped.items(), key=lambda item: -len(item[1])):
                 out.append(f"  {len(wheres):>5}  {reason} ({self._places(wheres)})")
         if self.truncated:
-            out.append(f"Truncated {len(self.truncated)} answers to fit ({self._places(self.truncated)})")
+            out.append(f"Truncated {counted(len(self.truncated), 'answer')} to fit ({self._places(self.truncated)})")
         return out
 
 
@@ -267,7 +271,9 @@ def split(kept: list, share: float, seed: int, question: str) -> tuple[list, lis
     """Rows go to eval by a hash of their question: the same data always gives the same files, adding rows
     moves few others, and rows that ask the same question stay on one side (no train/eval leak)."""
     if len(kept) < 2:
-        raise PrepareError(f"{len(kept)} usable rows; training needs at least 2 (one to train, one to evaluate)")
+        raise PrepareError(
+            f"{counted(len(kept), 'usable row')}; training needs at least 2 (one to train, one to evaluate)"
+        )
     n_eval = min(len(kept) - 1, max(1, round(len(kept) * share)))
     groups: dict[str, list[int]] = {}
     for index, (_, row, _) in enumerate(kept):
@@ -356,7 +362,7 @@ def preview(rows: list, layout: Layout, count: int) -> None:
 
 
 def summarise(report: Report, kept: list, counter: TokenCounter, layout: Layout, source: str) -> None:
-    print(f"Read {report.read} row{'' if report.read == 1 else 's'} from {source}; kept {len(kept)}")
+    print(f"Read {counted(report.read, 'row')} from {source}; kept {len(kept)}")
     for line in report.lines():
         print(line)
     lengths = [tokens for _, _, tokens in kept]
@@ -434,7 +440,7 @@ def main(argv=None) -> int:
         preview(train, layout, args.preview)
         return 0
     if args.check:
-        print(f"Check only: would write {len(train)} train and {len(evaluation)} eval rows")
+        print(f"Check only: would write {len(train)} train and {counted(len(evaluation), 'eval row')}")
         return 0
     outputs = {layout.train_file: jsonl(train), layout.eval_file: jsonl(evaluation)}
     try:
@@ -450,7 +456,7 @@ def main(argv=None) -> int:
         return 1
     state = "written" if written else "unchanged"
     print(
-        f"Train {len(train)} rows -> {_shown(layout.train_file)}, eval {len(evaluation)} rows -> "
+        f"Train {counted(len(train), 'row')} -> {_shown(layout.train_file)}, eval {counted(len(evaluation), 'row')} -> "
         f"{_shown(layout.eval_file)} ({state}; split seed {args.seed}, eval share {args.eval_share:g})"
     )
     return 0

@@ -86,12 +86,80 @@ def check(config_path: Path) -> list[str]:
                             "(e.g. fp16 needs the CUDA provider); it would produce no model"
                         )
                     training_args = getattr(built, "training_args", None)
-                    if training_args is not None:
+                    if isinstance(training_args, dict):
+                        problems.extend(_unparsed_training_args(name, pass_cls, spec, training_args))
+                    elif training_args is not None:
+                        problems.extend(_wrong_types(name, training_args.extra_args))
                         _build_training_args(training_args)
     finally:
         olive_logger.removeHandler(collector)
     problems.extend(f"Olive would ignore a setting: {message}" for message in collector.messages)
     return problems
+
+
+def _unparsed_training_args(pass_name: str, pass_cls, spec, values: dict) -> list[str]:
+    """Why Olive kept training_args as a plain dict: its type is a union with dict, so one value of the wrong JSON
+    type (a quoted learning rate) makes pydantic keep the dict, and `olive run` later fails on an attribute."""
+    import typing
+
+    from pydantic import BaseModel, ValidationError
+
+    union = pass_cls._default_config(spec)["training_args"].type_
+    model = next(t for t in typing.get_args(union) if isinstance(t, type) and issubclass(t, BaseModel))
+    problems = []
+    try:
+        model.model_validate(values, strict=True)
+    except ValidationError as error:
+        for found in error.errors():
+            where = ".".join(str(part) for part in found["loc"])
+            problems.append(
+                f"passes.{pass_name}.training_args.{where}: {json.dumps(found['input'], default=str)}: "
+                f"{found['msg']}{_quote_hint(found['input'])}"
+            )
+    # Olive has already moved the keys that are not its own fields into extra_args
+    extra = dict(values.get("extra_args") or {})
+    extra.update({key: value for key, value in values.items() if key not in model.model_fields})
+    return problems + _wrong_types(pass_name, extra)
+
+
+def _wrong_types(pass_name: str, extra_args: dict | None) -> list[str]:
+    """Values of the wrong JSON type for TrainingArguments' number and switch fields.
+
+    Neither Olive nor transformers converts them: "false" turns a switch such as bf16 or use_liger_kernel on,
+    and "4" as a batch size fails only when training starts, after the model has loaded."""
+    import typing
+
+    import transformers
+
+    hints = typing.get_type_hints(transformers.TrainingArguments)
+    problems = []
+    for key, value in (extra_args or {}).items():
+        hint = hints.get(key)
+        allowed = set(typing.get_args(hint) or (hint,)) - {type(None)}
+        if value is None or not allowed:
+            continue
+        if allowed == {bool}:
+            ok, want = isinstance(value, bool), "true or false"
+        elif allowed == {int}:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif allowed <= {int, float}:
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            problems.append(
+                f"passes.{pass_name}.training_args.{key}: {json.dumps(value)} is not {want}{_quote_hint(value)}"
+            )
+    return problems
+
+
+def _quote_hint(value) -> str:
+    """'; remove the quotes' for a quoted number or true/false."""
+    try:
+        unquoted = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return ""
+    return "; remove the quotes" if isinstance(unquoted, (bool, int, float)) else ""
 
 
 def _build_training_args(training_args) -> None:

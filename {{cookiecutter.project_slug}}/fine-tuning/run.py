@@ -13,6 +13,7 @@ import argparse
 import ast
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -115,10 +116,20 @@ def run_olive(config_path: Path, log_path: Path) -> str:
             errors="replace",
         ) as process,
     ):
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-            lines.append(line)
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                lines.append(line)
+        except KeyboardInterrupt:
+            # olive's own traceback for the same Ctrl-C says nothing more; stop it (if only this process got
+            # the signal, it would go on training) and let main() say what is left
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
         returncode = process.wait()
     output = "".join(lines)
     if returncode != 0:
@@ -143,20 +154,25 @@ def collect_outputs(config: dict, gen_dir: Path) -> dict[str, Path]:
     types = pass_types(config)
     final = types[-1]
     found: dict[str, Path] = {}
+    copies: dict[Path, Path] = {}  # made only once every model is there: a failed run leaves gen-model/ as it was
     for node in nodes.values():
         model_config = (node.get("model_config_data") or {}).get("config", {})
         kind = (node.get("from_pass") or "").lower()  # Olive records the pass type here
         if kind in ("lora", "qlora") and model_config.get("adapter_path"):
-            found["adapter"] = _copy(Path(model_config["adapter_path"]), gen_dir / "adapter")
+            found["adapter"] = gen_dir / "adapter"
+            copies[found["adapter"]] = Path(model_config["adapter_path"])
         elif kind == "mergeadapterweights":
             # Olive saves a final Hugging Face model into <output_dir>/model
-            source = Path(model_config["model_path"])
-            found["merged"] = output_dir / "model" if kind == final else _copy(source, gen_dir / "merged")
+            found["merged"] = output_dir / "model" if kind == final else gen_dir / "merged"
+            if kind != final:
+                copies[found["merged"]] = Path(model_config["model_path"])
         elif kind == "modelbuilder" and any(output_dir.glob("*.onnx")):
             found["onnx"] = output_dir
     missing = [OUTPUT_OF[kind] for kind in types if OUTPUT_OF.get(kind) and OUTPUT_OF[kind] not in found]
     if missing:
         raise WorkflowError(f"olive run finished without the {', '.join(missing)} model(s); see the log above")
+    for destination, source in copies.items():
+        _copy(source, destination)
     return found
 
 
@@ -235,6 +251,15 @@ def stages(config: dict, config_path: Path, gen_dir: Path) -> list[tuple[dict, P
     return runs
 
 
+def _recorded(path: Path, gen_dir: Path) -> str:
+    """A path for outputs.json: relative to its folder when inside this project, so that a moved or copied
+    project still finds its own models (chat.py reads it relative to the record's folder)."""
+    path, root = path.resolve(), project.ROOT.resolve()
+    if path == root or root in path.parents:
+        return os.path.relpath(path, gen_dir.resolve())
+    return str(path)
+
+
 def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Path]:
     config_path = config_path.resolve()
     config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -250,10 +275,11 @@ def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Pa
         found.update(collect_outputs(stage, gen_dir))
     training_args = next((p.get("training_args", {}) for p in config["passes"].values() if "training_args" in p), {})
     png = plot_losses(parse_losses(log_text), training_args, gen_dir / "training-loss.png")
-    record = {name: str(path) for name, path in found.items()}
+    record = {name: _recorded(path, gen_dir) for name, path in found.items()}
     base = _resolve(config["input_model"]["model_path"]).resolve()
     if "adapter" in found and base != (project.ROOT / project.load()["model_dir"]).resolve():
-        record["base"] = str(base)  # the adapter goes with the model it was trained on (chat.py loads it from here)
+        # the adapter goes with the model it was trained on (chat.py loads it from here)
+        record["base"] = _recorded(base, gen_dir)
     (gen_dir / OUTPUTS_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     if png:
         found["loss plot"] = png
@@ -270,6 +296,14 @@ def main(argv=None) -> int:
     except WorkflowError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # olive got the same Ctrl-C; models are copied into gen-model/ only after a run finished
+        print(
+            "\nInterrupted: gen-model/ keeps the models of the last finished run; run this again to start over "
+            "(passes that finished come from Olive's cache, the config's cache_dir)",
+            file=sys.stderr,
+        )
+        return 130
     print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs:")
     for name, path in found.items():
         print(f"  {name:10s} {path}")

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -107,13 +108,33 @@ def load_tokenizer(paths: dict[str, Path]):
 
 
 def read_rows(facts: dict) -> list[dict]:
+    """The training rows, each with the question and answer columns the prompts are made of."""
     import prepare
+    import sources
 
     config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
     train = prepare.Layout(facts, config).train_file
     if not train.is_file():
         raise BenchmarkError(f"{train}: no prepared data; run `python datasets/prepare.py` first")
-    return [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # prepare.py keeps an output that differs from what it would write unless --force
+    fix = "make it again with `python datasets/prepare.py <your data> --force`"
+    columns = (facts["question_column"], facts["answer_column"])
+    try:
+        records = list(sources.read_jsonl(train, "utf-8"))
+    except sources.SourceError as error:
+        raise BenchmarkError(f"{train}: {error}; {fix}") from None
+    for where, row in records:
+        missing = [column for column in columns if column not in row]
+        problem = row.get("__error__") or (
+            missing
+            and f"no {missing[0]!r} column (setup/project.json's question and answer columns are {columns[0]!r} "
+            f"and {columns[1]!r})"
+        )
+        if problem:
+            raise BenchmarkError(f"{train} {where}: {problem}; {fix}")
+    if not records:
+        raise BenchmarkError(f"{train}: no rows; {fix}")
+    return [row for _, row in records]
 
 
 def fit_prompt(tokenizer, body: str, tokens: int, facts: dict) -> list[int]:
@@ -137,9 +158,8 @@ def fit_prompt(tokenizer, body: str, tokens: int, facts: dict) -> list[int]:
     return ids  # a single character can add two ids; the count is recorded either way
 
 
-def build_prompts(tokenizer, facts: dict, count: int, tokens: int) -> list[list[int]]:
+def build_prompts(tokenizer, facts: dict, rows: list[dict], count: int, tokens: int) -> list[list[int]]:
     """count questions (plus one for the warm-up), each padded with the text of the rows after it."""
-    rows = read_rows(facts)
     column, answer = facts["question_column"], facts["answer_column"]
     prompts = []
     for i in range(count + 1):
@@ -162,10 +182,33 @@ def run_worker(spec: dict, work: Path, index: int, python: Path | None = None) -
     command = [str(python), __file__, "--worker", str(spec_file), str(result_file)]
     # another environment's Python gets no PYTHONPATH meant for this one (setup/onnx_cuda_env.py)
     env = None if python == Path(sys.executable) else chat.onnx_cuda_env.child_environ()
-    process = subprocess.run(command, env=env, check=False)
+    returncode = start_and_wait(command, env)
     if result_file.is_file():
         return json.loads(result_file.read_text(encoding="utf-8"))
-    return {"error": f"the worker process exited with {process.returncode} and no result (out of memory?)"}
+    return {"error": f"the worker process exited with {returncode} and no result (out of memory?)"}
+
+
+def start_and_wait(command: list[str], env: dict | None) -> int:
+    """Run a worker that Ctrl-C does not reach: the parent, interrupted, kills it and says so once.
+
+    Ctrl-C signals the terminal's whole process group, and a worker still starting up would print a traceback.
+    An ignored SIGINT stays ignored across exec, and Python then leaves it so: the worker is started while the
+    parent ignores it (a Ctrl-C in those few milliseconds is lost). Blocking it is not enough, as the parent's
+    other threads (the tokenizer's) still take it; a preexec_fn runs the libraries' fork hooks, which swallow it.
+    """
+    process = None
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # raises an interrupt that came before
+        try:
+            process = subprocess.Popen(command, env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return process.wait()
+    except BaseException:
+        if process is not None:
+            process.kill()
+            process.wait()
+        raise
 
 
 def disk_mb(*folders: Path) -> float:
@@ -226,8 +269,11 @@ def add_speedups(results: list[dict]) -> None:
     for result in results:
         if "error" not in result:
             result["reference"] = reference["label"]
-            result["decode_speedup"] = result["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
-            result["ttft_speedup"] = reference["ttft_s"] / result["ttft_s"]
+            # a rate or time of 0 (a clock too coarse for a tiny model) has no ratio; the figures stay in the JSON
+            if reference["decode_tokens_per_s"] > 0:
+                result["decode_speedup"] = result["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
+            if result["ttft_s"] > 0:
+                result["ttft_speedup"] = reference["ttft_s"] / result["ttft_s"]
 
 
 def print_table(results: list[dict]) -> None:
@@ -274,15 +320,24 @@ def print_table(results: list[dict]) -> None:
     busy = [r["label"] for r in results if shared_cpu(r)]
     if busy:
         print(
-            f"note: other work shared the CPU while measuring {', '.join(busy)} (load average above "
-            f"{os.cpu_count()} CPUs + 1): those figures are low; run again on an idle machine"
+            f"note: other work kept the CPUs busy while measuring {', '.join(busy)} (more than its threads left "
+            f"free of {env_facts.usable_cpus()} CPUs; other_cpu_load in the JSON): those figures are low; run again "
+            "on an idle machine"
         )
 
 
 def shared_cpu(result: dict) -> bool:
-    """A load average above the CPUs plus one: more than this benchmark (and its thread pool) was running."""
-    loads = [load for load in result.get("load_average") or [] if load is not None]
-    return bool(loads) and max(loads) > (os.cpu_count() or 1) + 1
+    """Other work needed more CPUs than the backend's threads left free: then its threads waited for a CPU.
+
+    Half a CPU of slack covers the system's own housekeeping. The CPUs busy with other work are measured over
+    the timed answers (/proc/stat less the worker's own CPU time). Without that figure (no /proc/stat, or
+    answers too short to measure) there is no note: the 1-minute load average lags a minute behind and still
+    counts the previous backend.
+    """
+    others = result.get("other_cpu_load")
+    if "error" in result or others is None:
+        return False
+    return others > max(env_facts.usable_cpus() - (result.get("threads") or 1), 0) + 0.5
 
 
 def plot(results: list[dict], report: dict, png: Path) -> None:
@@ -322,8 +377,87 @@ def settings_from(args) -> dict:
     chosen = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in defaults.items()}
     for key, value in chosen.items():
         if value < 1:
-            raise BenchmarkError(f"--{key.replace('_', '-')} must be at least 1")
+            raise BenchmarkError(f"--{key.replace('_', '-')} {value}: must be at least 1")
+    if chosen["new_tokens"] < 2:
+        raise BenchmarkError(
+            f"--new-tokens {chosen['new_tokens']}: the decode rate is timed from the first token to the last, "
+            "so it needs at least 2; give --new-tokens 2 or more"
+        )
     return chosen
+
+
+def check_arguments(args) -> None:
+    """What can be refused at once, before any model or library is loaded."""
+    python = args.onnx_python
+    if python is not None and not (python.is_file() and os.access(python, os.X_OK)):
+        raise BenchmarkError(
+            f"--onnx-python {python}: not an executable file; give a Python interpreter, "
+            "e.g. .venv-onnx-cuda/bin/python"
+        )
+    if args.out is not None:
+        check_out(args.out)
+
+
+def check_out(out: Path) -> None:
+    """Refuse a report path that cannot be written now rather than after every backend was measured."""
+    if out.suffix.lower() == ".png":
+        raise BenchmarkError(f"--out {out}: names the JSON report (the chart goes beside it); give a .json path")
+    for path in (out, out.with_suffix(".png")):
+        if path.is_dir():
+            raise BenchmarkError(f"--out {out}: {path} is a folder; give a file path, e.g. {out / 'benchmark.json'}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise BenchmarkError(f"--out {out}: the file is read-only; give another path")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the missing folders are made when the report is written
+    if not folder.is_dir():
+        raise BenchmarkError(f"--out {out}: {folder} is not a folder; give a path in a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise BenchmarkError(
+            f"--out {out}: cannot write in {folder} ({error.strerror or error}); give another path"
+        ) from None
+
+
+def choose_specs(args, paths: dict[str, Path], threads: int, gen_dir: Path) -> list[dict]:
+    if args.backends is None:
+        kinds = available(paths)
+        if not kinds:
+            command = "python setup/smoke.py" if args.tiny else "python fine-tuning/run.py"
+            raise BenchmarkError(f"{gen_dir}: no models yet; make them with `{command}`")
+        return [parse_spec(kind, threads) for kind in kinds]
+    specs = [parse_spec(text, threads) for text in args.backends.split(",") if text.strip()]
+    if not specs:
+        raise BenchmarkError(
+            f"--backends {args.backends!r}: no backend given; name one or more of adapter, merged, onnx"
+        )
+    labels = [spec["label"] for spec in specs]
+    for label in labels:
+        if labels.count(label) > 1:
+            # the chart would draw both at one place, and the second measures nothing new
+            raise BenchmarkError(f"--backends: {label!r} is given twice; give each backend once")
+    for spec in specs:
+        chat.check_model(spec["kind"], paths)
+    return specs
+
+
+def check_context(specs: list[dict], paths: dict[str, Path], settings: dict, prompt_length: int | None = None) -> None:
+    """Prompt plus answer must fit each model's context: genai refuses a longer search, and PyTorch runs past the
+    positions the model was trained on without a word. The warm-up (a full prompt, fewer new tokens) fits when
+    the measured answers do. prompt_length: the longest prompt as tokenized, which can pass --prompt-tokens."""
+    length = prompt_length or settings["prompt_tokens"]
+    for spec in specs:
+        context = chat.context_length(spec["kind"], paths)
+        try:
+            chat.room_for(length, settings["new_tokens"], context, exact=True)
+        except chat.ContextFull:
+            made = f" (the prompts came to {length} tokens)" if prompt_length else ""
+            raise BenchmarkError(
+                f"--prompt-tokens {settings['prompt_tokens']} + --new-tokens {settings['new_tokens']}: more than "
+                f"{spec['label']}'s context of {context} tokens{made}; lower them"
+            ) from None
 
 
 def benchmark(args) -> int:
@@ -331,22 +465,19 @@ def benchmark(args) -> int:
     settings = settings_from(args)
     paths = model_paths(gen_dir.resolve(), args.base_dir)
     threads = chat.default_threads() if args.threads is None else args.threads
-    kinds = available(paths)
-    if args.backends:
-        specs = [parse_spec(text, threads) for text in args.backends.split(",") if text.strip()]
-        for spec in specs:
-            chat.check_model(spec["kind"], paths)
-    elif kinds:
-        specs = [parse_spec(kind, threads) for kind in kinds]
-    else:
-        command = "python setup/smoke.py" if args.tiny else "python fine-tuning/run.py"
-        raise BenchmarkError(f"{gen_dir}: no models yet; make them with `{command}`")
+    specs = choose_specs(args, paths, threads, gen_dir)
+    out = args.out or gen_dir / "benchmark.json"
+    if args.out is None:  # a given --out was checked with the other arguments
+        check_out(out)
+    check_context(specs, paths, settings)
     for spec in specs:
         if spec["kind"] == "onnx":
             spec["dtype"] = onnx_precision(paths["onnx"])
     facts = project.load()
     provider = chat.onnx_provider(args.provider, paths["onnx"])
-    prompts = build_prompts(load_tokenizer(paths), facts, settings["prompts"], settings["prompt_tokens"])
+    rows = read_rows(facts)
+    prompts = build_prompts(load_tokenizer(paths), facts, rows, settings["prompts"], settings["prompt_tokens"])
+    check_context(specs, paths, settings, max(len(prompt) for prompt in prompts))
     results = []
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
         for index, spec in enumerate(specs):
@@ -373,17 +504,40 @@ def benchmark(args) -> int:
         },
         "backends": results,
     }
-    out = args.out or gen_dir / "benchmark.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print_table(results)
-    if any("error" not in r for r in results):
-        plot(results, report, out.with_suffix(".png"))
-    print(f"[benchmark] {out} and {out.with_suffix('.png')}")
+    print(f"[benchmark] {write_report(report, out)}")
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"ERROR: {r['label']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_report(report: dict, out: Path) -> str:
+    """The JSON at out and the chart beside it, both or neither (an interrupt leaves the old pair as it was).
+
+    When every backend failed there is no chart: an earlier run's would sit beside a report it does not show,
+    so it is removed."""
+    png = out.with_suffix(".png")
+    drawn = any("error" not in r for r in report["backends"])
+    json_part, png_part = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.stem}.partial.png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        json_part.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        if drawn:
+            plot(report["backends"], report, png_part)
+        os.replace(json_part, out)
+        if drawn:
+            os.replace(png_part, png)
+            return f"{out} and {png}"
+        if png.is_file():
+            png.unlink()
+            return f"{out} (no chart: every backend failed; removed the earlier {png.name})"
+        return f"{out} (no chart: every backend failed)"
+    except OSError as error:
+        raise BenchmarkError(f"--out {out}: cannot write the report ({error}); give another path") from None
+    finally:
+        json_part.unlink(missing_ok=True)
+        png_part.unlink(missing_ok=True)
 
 
 # ---- the worker: one backend in its own process ----
@@ -425,11 +579,34 @@ def gpu_peak_mb(backend) -> float | None:
 
 
 def load_average() -> float | None:
-    """The 1-minute load average: above the core count, other work shared the CPU and the figures are low."""
+    """The 1-minute load average: recorded, and what the shared-CPU note goes by where /proc/stat is missing."""
     try:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):  # Windows
         return None
+
+
+def busy_cpu_s() -> float | None:
+    """CPU seconds spent busy since boot on the CPUs this process may run on (Linux /proc/stat), else None."""
+    try:
+        lines = Path("/proc/stat").read_text(encoding="utf-8").splitlines()
+        cpus = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+        ticks = 0
+        for line in lines:
+            name, *fields = line.split()
+            if name in cpus:
+                # user nice system idle iowait irq softirq steal: all but idle and iowait; steal is time a
+                # hypervisor gave this VM's CPU to another VM, which slows the answers as much
+                values = [int(v) for v in fields[:8]]
+                ticks += sum(values) - values[3] - values[4]
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError, IndexError):
+        return None
+
+
+def own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def time_answer(backend, prompt: list[int], new_tokens: int) -> dict:
@@ -452,6 +629,8 @@ def worker(spec_file: Path, result_file: Path) -> int:
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
     try:
         result = measure(spec)
+    except (chat.Unavailable, chat.ContextFull, BenchmarkError) as error:  # their message says what to do
+        result = {"error": str(error)}
     except Exception as error:  # reported by the parent next to the other backends' figures
         result = {"error": f"{type(error).__name__}: {error}"}
     result_file.write_text(json.dumps(result), encoding="utf-8")
@@ -468,6 +647,8 @@ def measure(spec: dict) -> dict:
     print(f"[benchmark] {spec['label']}: loaded in {load_s:.1f} s, warm-up answer", file=sys.stderr, flush=True)
     warmup, measured = spec["prompts"][0], spec["prompts"][1:]
     time_answer(backend, warmup, min(WARMUP_TOKENS, spec["new_tokens"]))
+    # other work over the timed answers: the load average lags by a minute and would count the previous backend
+    busy_before, own_before, wall_before = busy_cpu_s(), own_cpu_s(), time.perf_counter()
     runs = []
     for repeat in range(spec["repeats"]):
         for i, prompt in enumerate(measured):
@@ -478,6 +659,11 @@ def measure(spec: dict) -> dict:
                 file=sys.stderr,
                 flush=True,
             )
+    busy_after, own_after, wall = busy_cpu_s(), own_cpu_s(), time.perf_counter() - wall_before
+    other_cpu_load = None
+    # /proc/stat counts in clock ticks (10 ms): a shorter window than a second says little
+    if busy_before is not None and busy_after is not None and wall >= 1.0:
+        other_cpu_load = round(max(0.0, (busy_after - busy_before) - (own_after - own_before)) / wall, 2)
     return {
         "dtype": getattr(backend, "dtype", None) or spec["dtype"],
         "threads": backend.threads,
@@ -487,6 +673,8 @@ def measure(spec: dict) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "gpu_peak_mb": gpu_peak_mb(backend),
         "load_average": [load_before, load_average()],
+        # CPUs (of those this process may use) kept busy by other work while the answers were timed
+        "other_cpu_load": other_cpu_load,
         # the worker's own interpreter and packages: the onnx backend may run in another environment
         "python": sys.executable,
         "worker_versions": versions(),
@@ -519,10 +707,15 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(*args.worker)
     try:
+        check_arguments(args)
         return benchmark(args)
-    except (BenchmarkError, chat.Unavailable) as error:
+    except (BenchmarkError, chat.Unavailable, chat.ContextFull) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # the workers' temporary folder is gone and the report is written only whole (write_report)
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

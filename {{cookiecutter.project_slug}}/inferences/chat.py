@@ -3,8 +3,9 @@
     python inferences/chat.py --backend onnx --prompt "How do I reset my password?"
     python inferences/chat.py --backend merged          # interactive; an empty line or Ctrl-D quits
 
-Prompts are formatted with the chat format the model was trained with (setup/project.json). On CPU, both
-runtimes use one thread per physical core this process may run on (--threads to change it).
+Prompts are formatted with the chat format the model was trained with (setup/project.json). Each question is
+answered on its own, as the model was trained on single question/answer pairs; Ctrl-C stops an answer. On CPU,
+both runtimes use one thread per physical core this process may run on (--threads to change it).
 """
 
 import argparse
@@ -102,35 +103,107 @@ def has_cuda() -> bool:
 
 def default_paths(gen_dir: Path | None = None) -> dict[str, Path]:
     """Where fine-tuning/run.py recorded each model (gen-model/outputs.json), else where it would put it. The
-    base model is model-cache/'s unless the record names the one the adapter was trained on (the smoke run's)."""
+    base model is model-cache/'s unless the record names the one the adapter was trained on (the smoke run's).
+    run.py records paths relative to the record's folder, so a moved or copied project finds its own models."""
     gen_dir = gen_dir or project.GEN_MODEL
     paths = {name: gen_dir / name for name in BACKENDS}
     paths["base"] = project.ROOT / project.load()["model_dir"]
     record = gen_dir / "outputs.json"
     if record.is_file():
-        paths.update({name: Path(path) for name, path in json.loads(record.read_text(encoding="utf-8")).items()})
+        try:
+            recorded = json.loads(record.read_text(encoding="utf-8"))
+            if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+                raise ValueError("not an object of paths")
+        except (OSError, ValueError) as error:
+            raise Unavailable(
+                f"{record}: unreadable ({error}); run python fine-tuning/run.py again, or delete the file to use "
+                f"the models' default places under {gen_dir}"
+            ) from error
+        paths.update({name: gen_dir / path for name, path in recorded.items()})  # an absolute path stays as it is
     return paths
+
+
+def context_length(kind: str, paths: dict[str, Path]) -> int | None:
+    """The model's context in tokens (prompt and answer together), read from its config; None if unreadable."""
+    try:
+        if kind == "onnx":
+            config = json.loads((paths["onnx"] / "genai_config.json").read_text(encoding="utf-8"))
+            return int(config["model"]["context_length"])
+        folder = paths["base"] if kind == "adapter" else paths["merged"]
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return int(config["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class ContextFull(RuntimeError):
+    """The prompt leaves no room for an answer in the model's context."""
+
+
+def room_for(prompt_tokens: int, max_new_tokens: int, context: int | None, exact: bool = False) -> int:
+    """How many new tokens fit after the prompt: max_new_tokens, or fewer where the context ends first.
+
+    Raises ContextFull when the prompt fills the context, or, with exact (benchmarks), when the answer would
+    have to be cut. Past the context a torch model runs on with positions it was never trained for, and
+    onnxruntime-genai refuses to start."""
+    if context is None:
+        return max_new_tokens
+    room = context - prompt_tokens
+    if room < 1 or (exact and room < max_new_tokens):
+        raise ContextFull(
+            f"the prompt is {prompt_tokens} tokens{f' + {max_new_tokens} new' if exact else ''}; the model's "
+            f"context is {context} tokens: ask a shorter question"
+        )
+    return min(max_new_tokens, room)
 
 
 # what each backend loads: (path name, file that must exist there, what it is)
 REQUIRED = {
-    "adapter": [
-        ("adapter", "adapter_config.json", "LoRA adapter"),
-        ("base", "config.json", "base model (download it into model-cache/, see README.md)"),
-    ],
+    "adapter": [("adapter", "adapter_config.json", "LoRA adapter"), ("base", "config.json", "base model")],
     "merged": [("merged", "config.json", "merged model")],
     "onnx": [("onnx", "genai_config.json", "ONNX model")],
 }
+MAKE_BASE = "download it with `python model-cache/download.py`"
+MAKE_MODEL = (
+    "make it with `python fine-tuning/run.py`; for the offline smoke run's models (`python setup/smoke.py`) "
+    "add --gen-dir gen-model/smoke"
+)
+MAKE_SMOKE = "make it with `python setup/smoke.py`"
 
 
 def check_model(kind: str, paths: dict[str, Path]) -> None:
     """Raise MissingModel, naming the command that makes it, when a file the backend loads is missing."""
     for name, marker, what in REQUIRED[kind]:
         if not (paths[name] / marker).is_file():
-            raise MissingModel(
-                f"{paths[name]}: no {what} yet; make it with `python fine-tuning/run.py` "
-                "(or `python setup/smoke.py` for the offline smoke run)"
-            )
+            smoke = (project.GEN_MODEL / "smoke").resolve() in paths[name].resolve().parents
+            make = MAKE_SMOKE if smoke else MAKE_BASE if name == "base" else MAKE_MODEL
+            raise MissingModel(f"{paths[name]}: no {what} yet; {make}")
+
+
+class TextStream:
+    """Token ids in, new text out, for a transformers tokenizer. It decodes the whole answer so far and hands on
+    what is new: a token decoded alone loses its leading space in Phi-3's tokenizer, and a character spread over
+    several byte tokens would come out as U+FFFD."""
+
+    def __init__(self, tokenizer, on_text):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        self._show(final=False)
+
+    def end(self) -> None:
+        self._show(final=True)
+
+    def _show(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):  # the rest of the character is still to come
+            return
+        if len(text) > self.shown:
+            self.on_text(text[self.shown :])
+            self.shown = len(text)
 
 
 class TorchBackend:
@@ -157,6 +230,7 @@ class TorchBackend:
         self.torch = torch
         self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.context = context_length(kind, paths)
 
     def generate(
         self, prompt: str | list[int], max_new_tokens: int, on_text=None, on_token=None, ignore_eos=False
@@ -173,6 +247,7 @@ class TorchBackend:
             def __init__(self):
                 self.ids: list[int] = []
                 self.first = True
+                self.text = TextStream(tokenizer, on_text) if on_text else None
 
             def put(self, value):
                 if self.first:  # the prompt
@@ -182,11 +257,12 @@ class TorchBackend:
                     self.ids.append(int(token))
                     if on_token:
                         on_token(int(token))
-                    if on_text:
-                        on_text(tokenizer.decode([token], skip_special_tokens=True))
+                    if self.text:
+                        self.text.add(int(token))
 
             def end(self):
-                pass
+                if self.text:
+                    self.text.end()
 
         streamer = Streamer()
         if isinstance(prompt, str):
@@ -194,6 +270,7 @@ class TorchBackend:
         else:
             input_ids = self.torch.tensor([prompt], device=self.device)
             inputs = {"input_ids": input_ids, "attention_mask": self.torch.ones_like(input_ids)}
+        max_new_tokens = room_for(inputs["input_ids"].shape[-1], max_new_tokens, self.context, ignore_eos)
         # transformers has no "ignore EOS": min_new_tokens masks the end tokens until the length is reached
         extra = {"min_new_tokens": max_new_tokens} if ignore_eos else {}
         with self.torch.no_grad():
@@ -243,6 +320,7 @@ class OnnxBackend:
                 f"setup/requirements.txt pins ({project.PIP_INSTALL}); python setup/check_env.py says what is missing"
             ) from error
         self.tokenizer = og.Tokenizer(self.model)
+        self.context = context_length("onnx", paths)
 
     def generate(
         self, prompt: str | list[int], max_new_tokens: int, on_text=None, on_token=None, ignore_eos=False
@@ -250,7 +328,7 @@ class OnnxBackend:
         og = self.og
         input_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         params = og.GeneratorParams(self.model)
-        max_length = len(input_ids) + max_new_tokens
+        max_length = len(input_ids) + room_for(len(input_ids), max_new_tokens, self.context, ignore_eos)
         # genai has no "ignore EOS" either: min_length masks the end tokens until the length is reached
         extra = {"min_length": max_length} if ignore_eos else {}
         params.set_search_options(max_length=max_length, do_sample=False, **extra)
@@ -313,6 +391,11 @@ def load_backend(
     return TorchBackend(kind, paths, threads, dtype)
 
 
+def clean_text(text: str) -> str:
+    """Bytes that are not UTF-8 (Python keeps them as lone surrogates) become U+FFFD: the tokenizers refuse them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def answer(backend, question: str, max_new_tokens: int = 256, stream=True) -> list[int]:
     def on_text(text):
         print(text, end="", flush=True)
@@ -344,11 +427,21 @@ def main(argv=None) -> int:
     args.backend = args.backend or ("merged" if project.load()["onnx_precision"] == "none" else "onnx")
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be at least 1")
+    if args.prompt is not None and not args.prompt.strip():
+        parser.error("--prompt is empty; leave it out to chat interactively")
     if args.threads is not None and args.threads < 0:
         parser.error("--threads must be 0 (the library's default) or more")
+    usable = env_facts.usable_cpus()
+    if args.threads and args.threads > usable:
+        # more threads than CPUs only wait on each other: with 5000 on 2 CPUs, a tiny model had not answered in 2 min
+        parser.error(f"--threads {args.threads}: this machine has {usable} CPUs for this process; use at most that")
     if args.dtype and args.backend == "onnx":
         parser.error("--dtype is for the adapter and merged backends; the ONNX model has its own precision")
-    paths = default_paths(args.gen_dir)
+    try:
+        paths = default_paths(args.gen_dir)
+    except Unavailable as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
     python = onnx_python(args.provider, paths["onnx"]) if args.backend == "onnx" else Path(sys.executable)
     if python != Path(sys.executable):
         print(f"[onnx on CUDA: running in {onnx_cuda_env.ENV_DIR.name}]", file=sys.stderr, flush=True)
@@ -363,19 +456,39 @@ def main(argv=None) -> int:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
     if args.prompt is not None:
-        answer(backend, args.prompt, args.max_new_tokens)
+        try:
+            answer(backend, clean_text(args.prompt), args.max_new_tokens)
+        except ContextFull as error:
+            print(f"ERROR: --prompt: {error}", file=sys.stderr)
+            return 1
         return 0
+    print(
+        "[each question is answered on its own; an empty line or Ctrl-D quits, Ctrl-C stops an answer]", file=sys.stderr
+    )
     while True:
         try:
-            question = input("you> ").strip()
+            question = clean_text(input("you> ")).strip()
         except EOFError:
             break
         if not question:
             break
         print("model> ", end="", flush=True)
-        answer(backend, question, args.max_new_tokens)
+        try:
+            answer(backend, question, args.max_new_tokens)
+        except KeyboardInterrupt:
+            print(" [stopped]", flush=True)
+        except ContextFull as error:
+            print(flush=True)
+            print(f"ERROR: {error}", file=sys.stderr, flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\n[interrupted]", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # the reader went away (chat.py ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -356,6 +356,14 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
     return set(fields.get("flags", fields.get("Features", "")).split())
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask); every logical CPU where there is no such API."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 # ---------------------------------------------------------------- all of it
 
 

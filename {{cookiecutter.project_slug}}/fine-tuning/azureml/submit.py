@@ -473,7 +473,8 @@ def place_outputs(downloaded: Path, gen_dir: Path) -> list[Path]:
         placed.append(target)
     record = gen_dir / "outputs.json"
     if record.is_file():
-        # run.py recorded the job node's absolute paths; the same places under gen-model/ exist here now
+        # run.py records paths relative to gen-model/, kept as they are; a path outside the project (absolute,
+        # from the job node) is looked up at the same place under gen-model/ here
         paths = json.loads(record.read_text(encoding="utf-8"))
         local = {name: str(_local_path(path, gen_dir)) for name, path in paths.items()}
         record.write_text(json.dumps(local, indent=2), encoding="utf-8")
