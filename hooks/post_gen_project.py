@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 CONTEXT = json.loads(r"""{{ cookiecutter | jsonify }}""")
@@ -25,11 +26,33 @@ def say(text: str = "") -> None:
     """print that survives a closed pipe (`cookiecutter ... | head`): losing output must not lose the project."""
     try:
         print(text, flush=True)
-    except (BrokenPipeError, OSError):
+    except OSError:  # BrokenPipeError among them
+        drop_stdout()
+
+
+def drop_stdout() -> None:
+    """Send the rest of this run's output to devnull. The file descriptor itself is replaced, so that output
+    still buffered for the closed pipe cannot fail again when Python exits (which would fail the hook)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def relay(stream) -> None:
+    """Pass a step's output on as it comes, in chunks (a progress line ending in \\r shows at once)."""
+    while True:
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout for the rest of the run
+            chunk = os.read(stream.fileno(), 65536)
+        except (OSError, ValueError):  # the pipe was closed under us (a step killed on its time limit)
+            return
+        if not chunk:
+            return
+        try:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
         except OSError:
-            pass
+            drop_stdout()
 
 
 def remove_unused_variants(root: Path, context: dict) -> None:
@@ -40,16 +63,28 @@ def remove_unused_variants(root: Path, context: dict) -> None:
 
 
 def run_step(title: str, python: str, args: list, root: Path, timeout) -> bool:
-    """Run one project script with its output shown as it comes; report instead of raising."""
+    """Run one project script with its output shown as it comes; report instead of raising.
+
+    Its output comes through this process rather than straight to cookiecutter's: when the reader has gone
+    (`cookiecutter ... | head`) the step would die of a broken pipe half-way, here the output is dropped."""
     say(f"\n== {title}: {python} {' '.join(args)}")
     # no __pycache__ folders in a freshly generated project
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
     try:
-        result = subprocess.run([python, *args], cwd=root, env=env, timeout=timeout, check=False)
+        with subprocess.Popen([python, *args], cwd=root, env=env, stdout=subprocess.PIPE) as process:
+            reader = threading.Thread(target=relay, args=(process.stdout,), daemon=True)
+            reader.start()
+            try:
+                returncode = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                reader.join(timeout=5)
+                raise
+            reader.join()
     except (OSError, subprocess.SubprocessError) as error:
         say(f"WARNING: {title} did not run ({error}); run it later: python {' '.join(args)}")
         return False
-    return result.returncode == 0
+    return returncode == 0
 
 
 def candidates() -> list[str]:

@@ -6,6 +6,7 @@ Stdlib only: this runs under cookiecutter's own interpreter. One line per proble
 import json
 import re
 import sys
+from pathlib import Path
 
 CONTEXT = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
@@ -36,6 +37,16 @@ def _number(key, kind, errors, low=None, high=None, low_open=False, high_open=Fa
     return value
 
 
+def _parents_made(context: dict) -> str:
+    """A slug with '/' made cookiecutter create the folders above the project's before this hook ran; it removes
+    only the project's own folder, so the message names the others."""
+    parts = str(context["project_slug"]).split("/")
+    if len(parts) < 2 or ".." in parts or "" in parts:
+        return ""
+    made = [str(Path.cwd().parents[i]) for i in range(len(parts) - 1)]
+    return f" (cookiecutter already made {', '.join(made)} for it: remove what is empty there)"
+
+
 def validate(context: dict) -> list[str]:
     errors: list[str] = []
     if not str(context["project_name"]).strip():
@@ -43,7 +54,7 @@ def validate(context: dict) -> list[str]:
     if not SLUG.match(str(context["project_slug"])):
         errors.append(
             f"project_slug: {context['project_slug']!r} is not a folder name; use lowercase letters, digits, "
-            "'-' or '_', starting with a letter or digit (e.g. contoso-support-assistant)"
+            "'-' or '_', starting with a letter or digit (e.g. contoso-support-assistant)" + _parents_made(context)
         )
     models = context["_models"]
     model = models.get(context["base_model"])

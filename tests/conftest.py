@@ -13,6 +13,8 @@ from cookiecutter.main import cookiecutter
 TEMPLATE = Path(__file__).resolve().parent.parent
 CONTEXT = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
 DEFAULT_SLUG = "contoso-support-assistant"
+# the ruff pyproject.toml pins, beside this Python: another ruff on PATH may read the config differently
+RUFF = str(Path(sys.executable).parent / "ruff")
 
 
 def bake(out_dir: Path, **answers) -> Path:

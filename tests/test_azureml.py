@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from azure_fake import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FailingCredential, FakeAzure, FakeCredential
-from conftest import bake, guard_this_process, guarded
+from conftest import RUFF, bake, guard_this_process, guarded
 
 # azure-ai-ml 1.35's schemas use marshmallow APIs that marshmallow 3.x flags for 4.0
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*Marshmallow4:Warning")
@@ -50,7 +50,7 @@ def baked(tmp_path_factory):
     root = bake(
         tmp_path_factory.mktemp("azure"), compute_target="azureml", check_environment=False, download_model=False
     )
-    _ensure_data(root)
+    _assert_data_prepared(root)
     return root
 
 
@@ -60,13 +60,12 @@ def project_dir(baked, tmp_path):
     return Path(shutil.copytree(baked, tmp_path / baked.name))
 
 
-def _ensure_data(root: Path) -> None:
-    # the post-generation hook makes the train/eval files; make sure they exist whatever that step did
+def _assert_data_prepared(root: Path) -> None:
+    """The post-generation hook prepared the sample data the job uploads (a failed step is a defect, not made up)."""
     config = json.loads((root / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
     for data_config in config.get("data_configs", []):
         path = root / data_config["load_dataset_config"]["data_files"]
-        if not path.is_file():
-            path.write_text(json.dumps({"Question": "q", "Best Answer": "a"}) + "\n", encoding="utf-8")
+        assert path.is_file() and path.stat().st_size > 0, f"{path}: the hook did not prepare it"
 
 
 @pytest.fixture
@@ -292,6 +291,13 @@ def test_bad_settings_are_refused(submit, project_dir, config, message):
     assert SECRET not in str(caught.value)
 
 
+def test_an_empty_compute_flag_is_refused(submit, project_dir, capsys):
+    """--compute '' (an unset shell variable) silently trained on the default cluster."""
+    _write_config(project_dir)
+    assert submit.main(["--dry-run", "--compute", ""]) == 1
+    assert _error_line(capsys.readouterr().err) == "ERROR: --compute: compute is empty; set your own value"
+
+
 @pytest.mark.parametrize("source", ["flag", "environment", "file"])
 def test_a_placeholder_is_blamed_on_where_it_came_from(submit, project_dir, monkeypatch, capsys, source):
     config = project_dir / "fine-tuning/azureml/config.json"
@@ -343,13 +349,27 @@ def test_submit_without_workspace_settings_says_how_to_set_them(project_dir, gua
 
 
 def test_placeholders_never_reach_a_job(project_dir, guard_env, python):
+    """The example file copied unchanged (README step 3): a submit is refused; the dry run (step 5, no Azure
+    needed) holds no workspace id, so it runs and names the ids still to set."""
     shutil.copyfile(
         project_dir / "fine-tuning/azureml/config.example.json", project_dir / "fine-tuning/azureml/config.json"
     )
-    for args in ([], ["--dry-run"]):
-        result = _cli(python, ["fine-tuning/azureml/submit.py", *args], project_dir, guard_env)
-        _one_error_line(result, "placeholder", "<subscription-id>")
-    assert not (project_dir / "fine-tuning/azureml/job.generated.yml").exists()
+    result = _cli(python, ["fine-tuning/azureml/submit.py"], project_dir, guard_env)
+    _one_error_line(result, "placeholder", "<subscription-id>")
+    job_yaml = project_dir / "fine-tuning/azureml/job.generated.yml"
+    assert not job_yaml.exists()
+    dry = _cli(python, ["fine-tuning/azureml/submit.py", "--dry-run"], project_dir, guard_env)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip().splitlines()[-1] == (
+        "Before submitting, set subscription_id, resource_group, workspace_name (step 3 of "
+        "fine-tuning/azureml/README.md)"
+    )
+    job_text = job_yaml.read_text(encoding="utf-8")
+    assert not [value for value in ("<subscription-id>", "<resource-group>", "<workspace-name>") if value in job_text]
+    # a placeholder the job would hold is refused in a dry run too
+    _write_config(project_dir, compute="<compute-name>")
+    _one_error_line(_cli(python, ["fine-tuning/azureml/submit.py", "--dry-run"], project_dir, guard_env),
+                    "compute is '<compute-name>', a placeholder")
 
 
 def test_a_local_data_folder_must_hold_the_data_and_no_secret(project_dir, guard_env, python, tmp_path):
@@ -757,9 +777,8 @@ def test_read_secret_failure_is_one_line_without_the_token(steps):
 
 
 def test_azureml_scripts_pass_the_project_ruff_config(project_dir):
-    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     result = subprocess.run(
-        [ruff, "check", "--no-cache", "fine-tuning/azureml"], cwd=project_dir, capture_output=True, text=True,
+        [RUFF, "check", "--no-cache", "fine-tuning/azureml"], cwd=project_dir, capture_output=True, text=True,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

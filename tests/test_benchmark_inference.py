@@ -4,6 +4,7 @@ belong in docs/benchmarks.md, measured, not in a test."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sysconfig
@@ -85,11 +86,8 @@ def test_thread_setting_reaches_onnxruntime_genai(smoke_project, python, tmp_pat
     assert out.with_suffix(".png").is_file()
 
 
-@pytest.mark.pipeline
-def test_onnx_backend_runs_in_the_interpreter_given(smoke_project, python, tmp_path):
-    """--onnx-python (on CUDA: .venv-onnx-cuda, setup/onnx_cuda_env.py) runs the onnx worker in another
-    environment: here a real venv that reads this one's packages through a .pth file, so the figures come back."""
-    venv = tmp_path / "onnx-env"
+def venv_reading_these_packages(python: str, venv: Path) -> Path:
+    """A real venv that reads this environment's packages through a .pth file; returns its python."""
     subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     other = venv / "bin" / "python"
     site = subprocess.run(
@@ -97,6 +95,14 @@ def test_onnx_backend_runs_in_the_interpreter_given(smoke_project, python, tmp_p
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     (Path(site) / "main.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    return other
+
+
+@pytest.mark.pipeline
+def test_onnx_backend_runs_in_the_interpreter_given(smoke_project, python, tmp_path):
+    """--onnx-python (on CUDA: .venv-onnx-cuda, setup/onnx_cuda_env.py) runs the onnx worker in another
+    environment: here a real venv that reads this one's packages through a .pth file, so the figures come back."""
+    other = venv_reading_these_packages(python, tmp_path / "onnx-env")
     out = tmp_path / "other.json"
     result = run_cli(
         [python, "inferences/benchmark.py", "--tiny", "--backends", "onnx,merged", "--new-tokens", "4",
@@ -108,6 +114,22 @@ def test_onnx_backend_runs_in_the_interpreter_given(smoke_project, python, tmp_p
     assert backends["onnx"]["python"] == str(other)
     assert backends["merged"]["python"] == python
     assert backends["onnx"]["worker_versions"]["onnxruntime-genai"].startswith("onnxruntime-genai ")
+
+
+@pytest.mark.pipeline
+def test_onnx_on_cuda_runs_in_the_projects_onnx_environment_by_default(smoke_project, python, tmp_path):
+    """Without --onnx-python, ONNX on CUDA is measured in the project's .venv-onnx-cuda (setup/onnx_cuda_env.py)
+    when it was made. Its genai here is the CPU build, so the worker fails there, and the fix named is that
+    environment's own."""
+    project = Path(shutil.copytree(smoke_project, tmp_path / "project"))
+    onnx_env = venv_reading_these_packages(python, project / ".venv-onnx-cuda")
+    out = tmp_path / "cuda.json"
+    result = benchmark(project, python, "--backends", "onnx", "--provider", "cuda", "--out", str(out))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (entry,) = read_report(out)["backends"]
+    assert entry["python"] == str(onnx_env)
+    assert entry["error"].startswith("onnx on CUDA: ") and "Reinstall .venv-onnx-cuda: " in entry["error"], entry
 
 
 SHARED_CPU = """

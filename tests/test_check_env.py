@@ -350,6 +350,18 @@ def test_t4_with_the_qlora_16gb_profile_drops_its_bf16_autocast_too(profiled, tm
     assert bf16["fix"].endswith(', and remove "bf16": true from passes.qlora.training_args')
 
 
+def test_a_gpu_without_bf16_is_not_sent_to_a_bf16_profile(profiled, tmp_path):
+    """The 16gb QLoRA profile is faster and fits a 15 GiB T4, but its bf16 autocast fails there."""
+    assert CONTEXT["_training_profiles"]["qlora"]["16gb"]["bf16"] is True
+    found, _ = checks(profiled["qlora_8gb"], "--fast", env=card(tmp_path, T4))
+    assert found["bf16 (compute capability)"]["status"] == "fail"  # its torch_dtype, the row says how
+    memory = found["gpu memory"]
+    assert memory["status"] == "ok" and "fits the" not in memory["detail"], memory
+    # the same project on a card with bf16 and as much memory is pointed to it
+    found, _ = checks(profiled["qlora_8gb"], "--fast", env=card(tmp_path, RTX_4090))
+    assert "this GPU fits the 16gb profile: " in found["gpu memory"]["detail"]
+
+
 def test_qlora_8gb_profile_fits_an_8gb_card(profiled, tmp_path):
     found, _ = checks(profiled["qlora_8gb"], "--fast", env=card(tmp_path, RTX_8GB))
     memory = found["gpu memory"]

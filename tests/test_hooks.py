@@ -52,6 +52,18 @@ def test_bad_answer_is_refused_with_one_line_and_no_folder(tmp_path, answers, fi
     assert list(tmp_path.iterdir()) == []
 
 
+def test_slug_with_slashes_names_the_folders_cookiecutter_made_first(tmp_path):
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE),
+            "project_slug=a/b/c"]
+    result = run_cli(args, tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ") and "Stopping" not in line]
+    assert len(errors) == 1 and errors[0].startswith("ERROR: project_slug: 'a/b/c' is not a folder name"), errors
+    assert errors[0].endswith(f"(cookiecutter already made {tmp_path / 'a/b'}, {tmp_path / 'a'} for it: remove what "
+                              "is empty there)")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/b"]
+
+
 def test_long_context_model_accepts_long_sequences(tmp_path):
     project = bake(tmp_path, base_model="microsoft/Phi-3.5-mini-instruct", max_seq_len="8192")
     config = json.loads((project / "fine-tuning/olive-config.json").read_text(encoding="utf-8"))
@@ -224,11 +236,18 @@ def test_download_through_the_hook_against_a_local_hub(tmp_path):
     assert "  python model-cache/download.py" not in result.stdout.split("Next steps")[1]
 
 
-def test_output_piped_into_head_keeps_the_project(tmp_path):
-    """A closed stdout (`cookiecutter ... | head -3`) must not make the hook fail: cookiecutter would delete all."""
-    command = (f"{sys.executable} -m cookiecutter --no-input --output-dir {tmp_path / 'out'} {TEMPLATE} | head -3")
-    subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, timeout=300, check=False)
-    assert (tmp_path / "out" / DEFAULT_SLUG / "fine-tuning/olive-config.json").is_file()
+@pytest.mark.parametrize("reader", ["head -3", "true"])
+def test_output_piped_into_a_reader_that_leaves_keeps_the_whole_project(tmp_path, reader):
+    """A closed stdout (`cookiecutter ... | head -3`; `true` closes it before the first line) must fail neither
+    the hook (cookiecutter would delete all) nor a step the hook runs (the sample data would be missing)."""
+    command = (f"{sys.executable} -m cookiecutter --no-input --output-dir {tmp_path / 'out'} {TEMPLATE} | {reader}; "
+               "exit ${PIPESTATUS[0]}")
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    datasets = tmp_path / "out" / DEFAULT_SLUG / "datasets"
+    assert all((datasets / name).stat().st_size > 0 for name in ("train.jsonl", "eval.jsonl"))
 
 
 # a CUDA project with an ONNX model makes .venv-onnx-cuda right after the main environment (setup/onnx_cuda_env.py)

@@ -189,6 +189,27 @@ def test_chat_names_the_command_when_a_model_is_missing(tmp_path, python, backen
     assert smoke.returncode == 1 and smoke.stderr.strip().endswith("make it with `python setup/smoke.py`")
 
 
+@pytest.mark.parametrize(
+    ("answers", "backend", "use"),
+    [
+        ({"onnx_precision": "none"}, "onnx", "use the merged or adapter backend"),
+        ({"finetune_method": "none", "execution_provider": "cpu", "onnx_precision": "int4"}, "merged",
+         "use the onnx backend"),
+        ({"finetune_method": "none", "execution_provider": "cpu", "onnx_precision": "int4"}, "adapter",
+         "use the onnx backend"),
+    ],
+)
+def test_chat_says_which_models_the_project_never_makes(tmp_path, python, answers, backend, use):
+    """run.py (or the smoke run) would not make this model: naming them as the fix would send the user in circles."""
+    project = bake(tmp_path, check_environment=False, **answers)
+    for gen_dir in ([], ["--gen-dir", "gen-model/smoke"]):
+        result = run_cli([python, "inferences/chat.py", "--backend", backend, *gen_dir, "--prompt", "hi"], project)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ERROR: ") and lines[0].endswith(use), lines
+        assert "run.py" not in lines[0] and "smoke.py" not in lines[0]
+
+
 def test_chat_names_the_download_when_the_base_model_is_missing(tmp_path, python):
     project = bake(tmp_path)
     (project / "gen-model/adapter").mkdir(parents=True)

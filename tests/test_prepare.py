@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -187,6 +188,7 @@ def test_csv_row_with_wrong_field_count_is_reported(prepare, tmp_path):
     source = write_csv(tmp_path / "data.csv", ROWS[:3])
     source.write_text(source.read_text("utf-8") + "only one field\n", encoding="utf-8")
     result = prepare(source, "--check")
+    assert result.returncode == 0, result.stderr
     assert "1 fields where the header has 2 (line 5)" in result.stdout
 
 
@@ -241,6 +243,22 @@ def test_other_csv_separators(prepare, project, tmp_path, content, args):
     assert {r[QUESTION]: r[ANSWER] for r in outputs(project)} == {"q1": "a, with comma", "q2": "a2"}
 
 
+@pytest.mark.parametrize("delimiter", ["ab", "", '"', "\n"], ids=["two-characters", "empty", "quote", "newline"])
+def test_delimiter_that_cannot_separate_is_a_usage_error(prepare, tmp_path, delimiter):
+    result = prepare(write_csv(tmp_path / "d.csv", ROWS), "--delimiter", delimiter, "--check")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --delimiter is one character" in result.stderr
+
+
+def test_delimiter_backslash_t_typed_literally_is_a_tab(prepare, project, tmp_path):
+    # the comma in the header would make the separator guess ','
+    source = tmp_path / "tabs.csv"
+    source.write_text("Question\tBest Answer, in full\nq1\ta, with comma\nq2\ta2\n", encoding="utf-8")
+    result = prepare(source, "--delimiter", "\\t", "--answer-column", "Best Answer, in full")
+    assert result.returncode == 0, result.stderr
+    assert {r[QUESTION]: r[ANSWER] for r in outputs(project)} == {"q1": "a, with comma", "q2": "a2"}
+
+
 def test_huge_field_is_read(prepare, project, tmp_path):
     rows = [dict(r) for r in ROWS]
     rows[0][ANSWER] = "long answer " * 20000  # 240 000 characters, over the csv module's default field cap
@@ -256,11 +274,13 @@ def test_broken_datasets_folder_gets_one_line(prepare, tmp_path):
     assert "not a readable datasets folder" in one_error(prepare(folder))
 
 
-def test_cp1252_file_reads_with_its_encoding(prepare, tmp_path):
+def test_cp1252_file_reads_with_its_encoding(prepare, project, tmp_path):
     source = tmp_path / "excel.csv"
     source.write_bytes(b"Question,Best Answer\n\x93Smart\x94 quotes?,Yes\nPlain?,Yes\n")
     result = prepare(source, "--encoding", "cp1252")
     assert result.returncode == 0, result.stderr
+    # latin-1 would also read every byte, as the control characters U+0093 and U+0094
+    assert sorted(row[QUESTION] for row in outputs(project)) == ["Plain?", "\u201cSmart\u201d quotes?"]
 
 
 def test_missing_source_and_own_output_are_refused(prepare, project, tmp_path):
@@ -330,9 +350,110 @@ def test_truncate_cuts_the_answer_to_fit_and_keeps_the_end_token(prepare, projec
 
 
 def test_without_a_tokenizer_lengths_are_an_announced_estimate(prepare, tmp_path):
-    result = prepare(long_rows(tmp_path), "--tokenizer", tmp_path / "no-model-here")
+    result = prepare(long_rows(tmp_path))  # the base model is not in model-cache/ yet
+    assert result.returncode == 0, result.stderr
     assert "Tokens per sample, estimated at 3.5 characters per token" in result.stdout
     assert "2  longer than max_seq_len 2048 tokens" in result.stdout
+
+
+def model_cache_dir(project: Path) -> Path:
+    return project / json.loads((project / "setup/project.json").read_text("utf-8"))["model_dir"]
+
+
+@pytest.fixture
+def model_cache(project):
+    """The default tokenizer folder of the shared project, emptied again after the test."""
+    folder = model_cache_dir(project)
+    folder.mkdir(parents=True)
+    yield folder
+    shutil.rmtree(project / "model-cache" / folder.relative_to(project / "model-cache").parts[0])
+
+
+def empty_vocabulary(folder: Path, tokenizer_dir: Path) -> Path:
+    """A tokenizer that loads but knows no token: it encodes any text to nothing."""
+    from tokenizers import Tokenizer, models
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Tokenizer(models.BPE()).save(str(folder / "tokenizer.json"))
+    shutil.copy(tokenizer_dir / "tokenizer_config.json", folder)
+    return folder
+
+
+def test_complete_model_cache_tokenizer_counts_by_default(prepare, model_cache, tokenizer_dir, tmp_path):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, model_cache)
+    result = prepare(long_rows(tmp_path), "--check")
+    assert result.returncode == 0, result.stderr
+    assert "Tokens per sample, counted with the tokenizer in model-cache/microsoft/Phi-3-mini-4k-instruct:" in (
+        result.stdout
+    )
+
+
+@pytest.mark.parametrize("kind", ["config-only", "empty-vocabulary"])
+def test_incomplete_model_cache_tokenizer_falls_back_to_the_estimate_with_the_reason(
+    prepare, model_cache, tokenizer_dir, tmp_path, kind
+):
+    # transformers builds a tokenizer from tokenizer_config.json alone, with an empty vocabulary: every sample
+    # would count 0 tokens and no row would ever be over max_seq_len
+    if kind == "config-only":
+        shutil.copy(tokenizer_dir / "tokenizer_config.json", model_cache)
+        reason = "no tokenizer.json; download incomplete? python model-cache/download.py"
+    else:
+        empty_vocabulary(model_cache, tokenizer_dir)
+        reason = "its tokenizer encodes text to 0 tokens"
+    result = prepare(long_rows(tmp_path), "--check")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Tokens per sample, estimated at 3.5 characters per token "
+        f"(model-cache/microsoft/Phi-3-mini-4k-instruct: {reason}"
+    ) in result.stdout
+    assert "2  longer than max_seq_len 2048 tokens" in result.stdout
+    assert "p50 0," not in result.stdout
+
+
+def test_explicit_tokenizer_json_folder_counts_with_that_file(prepare, project, tokenizer_dir, tmp_path):
+    folder = tmp_path / "json-only"
+    folder.mkdir()
+    shutil.copy(tokenizer_dir / "tokenizer.json", folder)
+    assert "tokenizer.json" in prepare("--help").stdout
+    result = prepare(long_rows(tmp_path), "--tokenizer", folder)
+    assert result.returncode == 0, result.stderr
+    assert f"Tokens per sample, counted with the tokenizer in {folder} (tokenizer.json alone:" in result.stdout
+    assert "2  longer than max_seq_len 2048 tokens (line 5, line 9)" in result.stdout
+    from transformers import PreTrainedTokenizerFast
+
+    alone = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    config = json.loads((project / "fine-tuning/olive-config.json").read_text("utf-8"))
+    template = config["data_configs"][0]["pre_process_data_config"]["text_template"]
+    counts = [len(alone(template.format(**row), add_special_tokens=False)["input_ids"]) for row in outputs(project)]
+    assert f"max {max(counts)};" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no such folder"),
+        ("config-only", "no tokenizer.json"),
+        ("malformed-config", "cannot load its tokenizer (JSONDecodeError"),
+        ("empty-vocabulary", "its tokenizer encodes text to 0 tokens"),
+    ],
+)
+def test_explicit_unusable_tokenizer_gets_one_line_naming_the_flag(
+    prepare, project, tokenizer_dir, tmp_path, kind, message
+):
+    folder = tmp_path / kind
+    if kind == "config-only":
+        folder.mkdir()
+        shutil.copy(tokenizer_dir / "tokenizer_config.json", folder)
+    elif kind == "malformed-config":
+        shutil.copytree(tokenizer_dir, folder)
+        (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTok', encoding="utf-8")
+    elif kind == "empty-vocabulary":
+        empty_vocabulary(folder, tokenizer_dir)
+    error = one_error(prepare(write_csv(tmp_path / "d.csv", ROWS), "--tokenizer", folder))
+    assert error.startswith(f"ERROR: --tokenizer: {folder}: {message}"), error
+    assert "pass the folder that holds the model's tokenizer.json" in error
+    assert not (project / "datasets/train.jsonl").exists()
 
 
 # --- preview, split, safe writes -------------------------------------------------------------------------

@@ -4,15 +4,12 @@ import csv
 import io
 import itertools
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import tomllib
 import yaml
-from conftest import CONTEXT, DEFAULT_SLUG, TEMPLATE, bake
+from conftest import CONTEXT, DEFAULT_SLUG, RUFF, TEMPLATE, bake
 
 METHODS, TARGETS = CONTEXT["finetune_method"], CONTEXT["compute_target"]
 PROVIDERS, PRECISIONS = CONTEXT["execution_provider"], CONTEXT["onnx_precision"]
@@ -195,11 +192,10 @@ def test_bake_writes_exact_tree_with_valid_files(baked, case):
 
 def test_generated_python_passes_its_own_ruff_config(baked):
     """`ruff check .` and `ruff format --check .` pass in every generated project, as a user's CI would run them."""
-    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     for case in CASES:
         for command in (["check"], ["format", "--check"]):
             result = subprocess.run(
-                [ruff, *command, "--no-cache", "."], cwd=baked[case], capture_output=True, text=True, check=False
+                [RUFF, *command, "--no-cache", "."], cwd=baked[case], capture_output=True, text=True, check=False
             )
             assert result.returncode == 0, f"{case}: ruff {' '.join(command)}\n{result.stdout}{result.stderr}"
 
@@ -238,3 +234,22 @@ def test_what_a_run_writes_is_git_ignored(tmp_path):
     staged = {line.removeprefix("add ").strip("'") for line in added.splitlines()}
     assert not staged & set(written), sorted(staged & set(written))
     assert {"gen-model/README.md", "model-cache/README.md", "model-cache/download.py"} <= staged
+
+
+@pytest.mark.parametrize(
+    ("answers", "override"),
+    [
+        ({}, None),  # the 16gb LoRA profile: batch 1 x 4
+        ({"finetune_method": "qlora", "gpu_memory": "8gb"}, None),  # batch 2 x 2
+        ({"per_device_train_batch_size": "3"}, "batch 3 × `gradient_accumulation_steps`\n1 = 3 samples"),
+        ({"gradient_accumulation_steps": "8"}, "batch 1 × `gradient_accumulation_steps`\n8 = 8 samples"),
+    ],
+)
+def test_readme_says_when_answers_override_the_profile(tmp_path, answers, override):
+    """The profile table promises 4 samples per optimizer step; other batch answers must not be hidden behind it."""
+    readme = (bake(tmp_path, check_environment=False, **answers) / "README.md").read_text(encoding="utf-8")
+    assert "samples per optimizer\nstep in each" in readme
+    if override is None:
+        assert "override" not in readme
+    else:
+        assert override in readme

@@ -76,20 +76,78 @@ class Layout:
         return self.template.format(**row)
 
 
-class TokenCounter:
-    """Exact counts with the base model's tokenizer, loaded as Olive loads it (transformers), when it is in
-    model-cache/; an announced estimate otherwise."""
+class TokenizerUnusable(Exception):
+    """The folder holds no tokenizer that can count. The message says what is missing or broken; fix, when
+    set, is the remedy wherever the folder came from (otherwise the caller knows it)."""
 
-    def __init__(self, tokenizer_dir: Path | None):
+    def __init__(self, reason: str, fix: str | None = None):
+        super().__init__(reason)
+        self.fix = fix
+
+
+# Any ordinary text: a tokenizer that turns it into nothing has no vocabulary
+PROBE_TEXT = "How do I reset the inverter after a power cut?"
+
+
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer as Olive loads it (transformers), or TokenizerUnusable."""
+    if not folder.is_dir():
+        raise TokenizerUnusable("not a folder" if folder.exists() else "no such folder")
+    has_json = (folder / "tokenizer.json").is_file()
+    # transformers builds a tokenizer from tokenizer_config.json alone, with an empty vocabulary: a download
+    # cut short would count every sample as 0 tokens and the max_seq_len check would pass everything
+    if not (
+        has_json
+        or (folder / "tokenizer.model").is_file()
+        or all((folder / name).is_file() for name in ("vocab.json", "merges.txt"))
+    ):
+        raise TokenizerUnusable("no tokenizer.json")
+    try:
+        import transformers
+    except ImportError:
+        raise TokenizerUnusable(
+            "transformers is not installed", fix="python -m pip install -r setup/requirements.txt"
+        ) from None
+    try:
+        if has_json and not (folder / "tokenizer_config.json").is_file():
+            # AutoTokenizer needs a config to pick the class; tokenizer.json alone is a complete fast tokenizer
+            tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    except Exception as error:  # a broken file surfaces as JSON, OS, value or key errors from deep inside
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        raise TokenizerUnusable(f"cannot load its tokenizer ({type(error).__name__}: {detail})") from None
+    if not probe:
+        raise TokenizerUnusable("its tokenizer encodes text to 0 tokens (an empty vocabulary)")
+    return tokenizer
+
+
+class TokenCounter:
+    """Exact counts with the base model's tokenizer, loaded as Olive loads it (transformers), when it is
+    complete in model-cache/ or given with --tokenizer; an announced estimate otherwise."""
+
+    def __init__(self, tokenizer_dir: Path, explicit: bool = False):
+        """explicit: the user named the folder, so an unusable one is their error (TokenizerUnusable) rather
+        than a fallback they might not notice."""
         self.tokenizer = None
-        self.source = f"estimated at {CHARS_PER_TOKEN} characters per token (the model's tokenizer counts exactly)"
-        if tokenizer_dir and (tokenizer_dir / "tokenizer_config.json").is_file():
-            try:
-                from transformers import AutoTokenizer
-            except ImportError:
-                return
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-            self.source = f"counted with the tokenizer in {_shown(tokenizer_dir)}"
+        estimate = f"estimated at {CHARS_PER_TOKEN} characters per token"
+        self.source = f"{estimate} (the model's tokenizer counts exactly)"
+        if not explicit and not tokenizer_dir.exists():
+            return  # the base model is not downloaded yet
+        try:
+            self.tokenizer = load_tokenizer(tokenizer_dir)
+        except TokenizerUnusable as error:
+            if explicit:
+                raise
+            fix = error.fix or "download incomplete? python model-cache/download.py"
+            self.source = f"{estimate} ({project.shown(tokenizer_dir)}: {error}; {fix})"
+            return
+        self.source = f"counted with the tokenizer in {project.shown(tokenizer_dir)}"
+        if not (tokenizer_dir / "tokenizer_config.json").is_file():
+            # the config picks the tokenizer class, and transformers' Llama class adds no word-start marker
+            # after special tokens where tokenizer.json alone does
+            self.source += " (tokenizer.json alone: without its tokenizer_config.json a few tokens may differ)"
 
     def _encode(self, text: str, offsets: bool = False):
         # Olive tokenizes the filled-in template without special tokens; its own <bos>/<eos> (add_special_tokens)
@@ -303,7 +361,7 @@ def write_outputs(contents: dict[Path, str], force: bool) -> list[str]:
     changed = [path for path, text in contents.items() if not path.is_file() or path.read_text("utf-8") != text]
     different = [path for path in changed if path.is_file()]
     if different and not force:
-        names = ", ".join(_shown(path) for path in different)
+        names = ", ".join(project.shown(path) for path in different)
         raise PrepareError(f"{names} already holds different rows; pass --force to replace it")
     staged = {}
     try:
@@ -323,20 +381,13 @@ def write_outputs(contents: dict[Path, str], force: bool) -> list[str]:
         for temp in staged.values():
             if os.path.exists(temp):
                 os.unlink(temp)
-    return [_shown(path) for path in changed]
+    return [project.shown(path) for path in changed]
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _shown(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(project.ROOT).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def percentile(values: list[int], share: float) -> int:
@@ -384,7 +435,10 @@ def parse_args(argv, facts: dict):
     parser.add_argument("--answer-column", default=facts["answer_column"], help="column with the answer")
     parser.add_argument("--format", default="auto", choices=["auto", *sources.FORMATS], help="default: by suffix")
     parser.add_argument("--encoding", default="utf-8-sig", help="text encoding of CSV/TSV/JSON files")
-    parser.add_argument("--delimiter", help="CSV separator (default: ',' or what the header line uses, e.g. ';')")
+    parser.add_argument(
+        "--delimiter",
+        help="CSV separator, one character, '\\t' for a tab (default: ',' or what the header line uses, e.g. ';')",
+    )
     parser.add_argument("--split", default="train", help="split to read from a datasets folder")
     parser.add_argument("--eval-share", type=float, default=EVAL_SHARE, help="share of rows for evaluation")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the train/eval split")
@@ -397,8 +451,8 @@ def parse_args(argv, facts: dict):
     parser.add_argument(
         "--tokenizer",
         type=Path,
-        default=project.ROOT / facts["model_dir"],
-        help="folder with the model's tokenizer.json (default: the base model in model-cache/)",
+        help="folder with the model's tokenizer.json, and its tokenizer_config.json if it has one "
+        "(default: the base model in model-cache/ once downloaded, else an estimate)",
     )
     parser.add_argument("--preview", type=int, metavar="N", help="print N samples as training sees them; write nothing")
     parser.add_argument("--check", action="store_true", help="validate and summarise; write nothing")
@@ -408,9 +462,12 @@ def parse_args(argv, facts: dict):
         parser.error("--eval-share must be between 0 and 1")
     if args.preview is not None and args.preview < 1:
         parser.error("--preview needs a number of samples >= 1")
-    if args.delimiter is not None and len(args.delimiter.encode("unicode_escape").decode()) > 2:
-        parser.error("--delimiter is one character, e.g. ';' or '\\t'")
-    args.delimiter = args.delimiter.replace("\\t", "\t") if args.delimiter else None
+    if args.delimiter is not None:
+        # a shell passes '\t' as backslash and t: the error message offers that spelling, so it means a tab
+        args.delimiter = "\t" if args.delimiter == "\\t" else args.delimiter
+        # a quote or line break cannot separate fields: the csv reader would misread every row
+        if len(args.delimiter) != 1 or args.delimiter in '"\r\n':
+            parser.error("--delimiter is one character other than a quote or line break, e.g. ';' or '\\t'")
     args.question_column, args.answer_column = args.question_column.strip(), args.answer_column.strip()
     return args
 
@@ -419,22 +476,30 @@ def main(argv=None) -> int:
     facts = project.load()
     args = parse_args(argv, facts)
     try:
-        layout = Layout(facts, json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8")))
-    except (OSError, ValueError, PrepareError) as error:
-        print(f"ERROR: {_shown(project.OLIVE_CONFIG)}: {error}; regenerate or fix the config", file=sys.stderr)
+        layout = Layout(facts, project.load_config())
+    except project.ConfigError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    except PrepareError as error:
+        print(f"ERROR: {project.shown(project.OLIVE_CONFIG)}: {error}; regenerate or fix the config", file=sys.stderr)
+        return 1
+    try:
+        counter = TokenCounter(args.tokenizer or project.ROOT / facts["model_dir"], explicit=args.tokenizer is not None)
+    except TokenizerUnusable as error:
+        fix = error.fix or "pass the folder that holds the model's tokenizer.json"
+        print(f"ERROR: --tokenizer: {project.shown(args.tokenizer)}: {error}; {fix}", file=sys.stderr)
         return 1
     try:
         source = args.source.resolve()
         if source in (layout.train_file.resolve(), layout.eval_file.resolve()):
             raise PrepareError("this is an output of this script; pass your original data file")
         fmt, rows = sources.read(source, args.format, args.encoding, args.split, args.delimiter)
-        counter = TokenCounter(args.tokenizer)
         report = Report()
         kept = collect(rows, layout, counter, args.question_column, args.answer_column, args.over_length, report)
-        summarise(report, kept, counter, layout, f"{_shown(source)} ({fmt})")
+        summarise(report, kept, counter, layout, f"{project.shown(source)} ({fmt})")
         train, evaluation = split(kept, args.eval_share, args.seed, layout.question)
     except (sources.SourceError, PrepareError) as error:
-        print(f"ERROR: {_shown(args.source)}: {error}", file=sys.stderr)
+        print(f"ERROR: {project.shown(args.source)}: {error}", file=sys.stderr)
         return 1
     if args.preview is not None:
         preview(train, layout, args.preview)
@@ -450,14 +515,15 @@ def main(argv=None) -> int:
         return 1
     except OSError as error:
         print(
-            f"ERROR: {_shown(Path(error.filename or layout.train_file))}: cannot write it ({error.strerror})",
+            f"ERROR: {project.shown(Path(error.filename or layout.train_file))}: cannot write it ({error.strerror})",
             file=sys.stderr,
         )
         return 1
     state = "written" if written else "unchanged"
     print(
-        f"Train {counted(len(train), 'row')} -> {_shown(layout.train_file)}, eval {counted(len(evaluation), 'row')} -> "
-        f"{_shown(layout.eval_file)} ({state}; split seed {args.seed}, eval share {args.eval_share:g})"
+        f"Train {counted(len(train), 'row')} -> {project.shown(layout.train_file)}, "
+        f"eval {counted(len(evaluation), 'row')} -> {project.shown(layout.eval_file)} "
+        f"({state}; split seed {args.seed}, eval share {args.eval_share:g})"
     )
     return 0
 

@@ -192,6 +192,11 @@ def main(argv=None) -> int:
         print(f"ERROR: {args.config}: no such file", file=sys.stderr)
         return 2
     try:
+        project.load_config(args.config)  # a JSON mistake in one line, before Olive's longer account of it
+    except project.ConfigError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    try:
         problems = check(args.config)
     except Exception as error:  # noqa: BLE001 - any parse error is the user's config, say it in one line
         print(f"ERROR: {args.config}: Olive cannot read it: {type(error).__name__}: {error}", file=sys.stderr)

@@ -261,8 +261,11 @@ def _recorded(path: Path, gen_dir: Path) -> str:
 
 
 def run_workflow(config_path: Path, gen_dir: Path | None = None) -> dict[str, Path]:
+    try:
+        config = project.load_config(config_path)
+    except project.ConfigError as error:
+        raise WorkflowError(str(error)) from None
     config_path = config_path.resolve()
-    config = json.loads(config_path.read_text(encoding="utf-8"))
     gen_dir = gen_dir or project.GEN_MODEL
     preflight(config)
     forget_stale_runs(config)

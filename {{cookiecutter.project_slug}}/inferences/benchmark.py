@@ -112,7 +112,10 @@ def read_rows(facts: dict) -> list[dict]:
     import prepare
     import sources
 
-    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
+    try:
+        config = project.load_config()
+    except project.ConfigError as error:
+        raise BenchmarkError(str(error)) from None
     train = prepare.Layout(facts, config).train_file
     if not train.is_file():
         raise BenchmarkError(f"{train}: no prepared data; run `python datasets/prepare.py` first")
@@ -425,8 +428,12 @@ def choose_specs(args, paths: dict[str, Path], threads: int, gen_dir: Path) -> l
     if args.backends is None:
         kinds = available(paths)
         if not kinds:
-            command = "python setup/smoke.py" if args.tiny else "python fine-tuning/run.py"
-            raise BenchmarkError(f"{gen_dir}: no models yet; make them with `{command}`")
+            if args.tiny:
+                raise BenchmarkError(f"{gen_dir}: no models yet; make them with `python setup/smoke.py`")
+            raise BenchmarkError(
+                f"{gen_dir}: no models yet; make them with `python fine-tuning/run.py`, or time the offline smoke "
+                "run's tiny models (gen-model/smoke) with --tiny after `python setup/smoke.py`"
+            )
         return [parse_spec(kind, threads) for kind in kinds]
     specs = [parse_spec(text, threads) for text in args.backends.split(",") if text.strip()]
     if not specs:
@@ -633,6 +640,7 @@ def worker(spec_file: Path, result_file: Path) -> int:
         result = {"error": str(error)}
     except Exception as error:  # reported by the parent next to the other backends' figures
         result = {"error": f"{type(error).__name__}: {error}"}
+    result.setdefault("python", sys.executable)  # which environment failed, when the onnx worker ran in another
     result_file.write_text(json.dumps(result), encoding="utf-8")
     return 1 if "error" in result else 0
 

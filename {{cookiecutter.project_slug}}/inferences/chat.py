@@ -171,10 +171,22 @@ MAKE_MODEL = (
 MAKE_SMOKE = "make it with `python setup/smoke.py`"
 
 
+def never_made(kind: str) -> str | None:
+    """Why this project's workflow makes no model of this kind, with the backend to use; None if it makes one."""
+    facts = project.load()
+    if kind in ("adapter", "merged") and facts["finetune_method"] == "none":
+        return "this project converts the base model without fine-tuning (finetune_method none); use the onnx backend"
+    if kind == "onnx" and facts["onnx_precision"] == "none":
+        return "this project makes no ONNX model (onnx_precision none); use the merged or adapter backend"
+    return None
+
+
 def check_model(kind: str, paths: dict[str, Path]) -> None:
     """Raise MissingModel, naming the command that makes it, when a file the backend loads is missing."""
     for name, marker, what in REQUIRED[kind]:
         if not (paths[name] / marker).is_file():
+            if name != "base" and never_made(kind):
+                raise MissingModel(f"{paths[name]}: no {what}: {never_made(kind)}")
             smoke = (project.GEN_MODEL / "smoke").resolve() in paths[name].resolve().parents
             make = MAKE_SMOKE if smoke else MAKE_BASE if name == "base" else MAKE_MODEL
             raise MissingModel(f"{paths[name]}: no {what} yet; {make}")
@@ -315,6 +327,9 @@ class OnnxBackend:
                 raise
             # e.g. a CPU-only onnxruntime-genai: "Cuda interface not available"
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if provider == "cuda" and onnx_cuda_env.running_in():
+                # the environment made for ONNX on CUDA holds a genai without it: that environment is the fix
+                raise Unavailable(f"onnx on CUDA: {onnx_cuda_env.fix(reason)}") from error
             raise Unavailable(
                 f"onnx on {provider}: {reason}. Answer on the CPU with --provider cpu, or install what "
                 f"setup/requirements.txt pins ({project.PIP_INSTALL}); python setup/check_env.py says what is missing"

@@ -866,7 +866,7 @@ def main(argv=None) -> int:
     scratch = None
     try:
         facts = project.load()
-        config = json.loads(args.config.read_text(encoding="utf-8"))
+        config = project.load_config(args.config)  # its ConfigError is a ValueError: one ERROR line below
         training_pass(config)
         all_sets(args)
         parse_compare(args.compare, args.tiny)

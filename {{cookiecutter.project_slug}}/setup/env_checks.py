@@ -206,15 +206,21 @@ def _need(profile: dict) -> float:
     return round(profile["peak_gib"] + CUDA_CONTEXT_GIB, 1)
 
 
-def _fastest_profile(env: Env, total_gib: float) -> tuple[str, dict] | None:
-    """The measured profile of this method that trains fastest within total_gib of GPU memory."""
-    fits = [(name, found) for name, found in _profiles(env).items() if _need(found) <= total_gib]
+def _fastest_profile(env: Env, total_gib: float, gpu: Gpu | None) -> tuple[str, dict] | None:
+    """The measured profile of this method that trains fastest within total_gib of GPU memory; on a GPU known
+    to lack bf16, only the profiles without bf16 autocast (the others would fail the bf16 check)."""
+    no_bf16 = _lacks_bf16(env, gpu)
+    fits = [
+        (name, found)
+        for name, found in _profiles(env).items()
+        if _need(found) <= total_gib and not (no_bf16 and found["bf16"])
+    ]
     return max(fits, key=lambda item: item[1]["tokens_per_s"], default=None)
 
 
-def _profile_hint(env: Env, current: dict, total_gib: float) -> str:
+def _profile_hint(env: Env, current: dict, total_gib: float, gpu: Gpu) -> str:
     """When this GPU fits a faster profile than the one in use: which, and how much faster (measured)."""
-    best = _fastest_profile(env, total_gib)
+    best = _fastest_profile(env, total_gib, gpu)
     if best is None or best[1]["tokens_per_s"] <= current["tokens_per_s"]:
         return ""
     name, found = best
@@ -250,7 +256,7 @@ def check_gpu_memory(env: Env) -> Check:
     total = gpu.total_gib or free
     detail = f"{gpu.name}: {free:.1f} GiB free of {total:.1f} GiB; {plan}"
     if total < need:
-        smaller = _fastest_profile(env, total) if in_use is not None else None
+        smaller = _fastest_profile(env, total, gpu) if in_use is not None else None
         if smaller is not None:
             fix = f"generate the project with gpu_memory={smaller[0]} (about {_need(smaller[1])} GiB), or "
         elif env.method == "lora":
@@ -278,7 +284,7 @@ def check_gpu_memory(env: Env) -> Check:
             f"{detail}: batch {batch}, seq {seq_len} needs more (activations grow with both)",
             "if training runs out of memory, lower per_device_train_batch_size in fine-tuning/olive-config.json",
         )
-    return Check("gpu memory", "ok", detail + (_profile_hint(env, in_use[1], total) if in_use else ""))
+    return Check("gpu memory", "ok", detail + (_profile_hint(env, in_use[1], total, gpu) if in_use else ""))
 
 
 def _capability(env: Env, gpu: Gpu | None) -> tuple[int, int] | None:
@@ -286,6 +292,16 @@ def _capability(env: Env, gpu: Gpu | None) -> tuple[int, int] | None:
     if gpu and gpu.capability:
         return gpu.capability
     return env.torch.get("capability")
+
+
+def _has_bf16(env: Env, capability: tuple[int, int]) -> bool:
+    return capability >= (8, 0) and env.torch.get("bf16") is not False
+
+
+def _lacks_bf16(env: Env, gpu: Gpu | None) -> bool:
+    """Known to have no bf16 (an unknown compute capability is not taken as a no)."""
+    capability = _capability(env, gpu)
+    return capability is not None and not _has_bf16(env, capability)
 
 
 def check_bf16(env: Env) -> Check:
@@ -307,7 +323,7 @@ def check_bf16(env: Env) -> Check:
             "https://developer.nvidia.com/cuda-gpus",
         )
     shown = compute_label(capability)
-    bf16 = capability >= (8, 0) and env.torch.get("bf16") is not False
+    bf16 = _has_bf16(env, capability)
     bf16_need = NEED_GIB[(env.method, "bfloat16")]
     autocast = env.training.get("args", {}).get("bf16") is True
     autocast_key = f'"bf16": true from passes.{pass_name}.training_args'

@@ -22,6 +22,44 @@ def load() -> dict:
     return json.loads((ROOT / "setup" / "project.json").read_text(encoding="utf-8"))
 
 
+class ConfigError(ValueError):
+    """The Olive config cannot be read; the message names the file and says what to do."""
+
+
+def shown(path: Path) -> str:
+    """A path as the user knows it: relative to the project root when inside it."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def load_config(path: Path = OLIVE_CONFIG, flag: str = "--config") -> dict:
+    """The Olive workflow config as a dict, or ConfigError. flag: the option that named a path other than the
+    project's config, so that a mistyped path is blamed on the option, not on the project."""
+    ours = path.resolve() == OLIVE_CONFIG.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if ours:
+            raise ConfigError(f"{shown(path)}: no such file; regenerate the project") from None
+        raise ConfigError(f"{flag} {path}: no such file; give the path of an Olive workflow config") from None
+    except OSError as error:
+        raise ConfigError(f"{shown(path)}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown(path)}: not UTF-8 text; fix it or regenerate the project") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}: {error.msg}"
+        raise ConfigError(f"{shown(path)}: not valid JSON ({where}); fix it or regenerate the project") from None
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{shown(path)}: not an Olive workflow config (a JSON object); fix it or regenerate the project"
+        )
+    return config
+
+
 def prompt_text(question: str, project: dict | None = None) -> str:
     """The text the model sees before it answers, exactly as in training."""
     chat = (project or load())["chat_format"]

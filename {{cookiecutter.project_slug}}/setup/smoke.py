@@ -31,6 +31,8 @@ import tiny_model  # noqa: E402
 
 SMOKE_STEPS = 6
 NEW_TOKENS = 12
+# written first into every work dir: a later run empties only a folder that holds it (see refuse_work_dir)
+MARKER = "smoke-run.json"
 
 
 def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tuple[dict, list[str]]:
@@ -69,19 +71,68 @@ def derive_config(config: dict, model_dir: Path, work: Path, cuda: bool) -> tupl
     return smoke, changes
 
 
+def refuse_work_dir(work: Path) -> str | None:
+    """Why work may not be emptied for this run (every run starts from an empty folder), or None."""
+    if work.exists() and not work.is_dir():
+        return "not a folder"
+    if work.is_dir() and any(work.iterdir()) and not (work / MARKER).is_file():
+        return "not empty and not a smoke run's folder"
+    return None
+
+
+def remake(work: Path) -> None:
+    """An empty work dir that holds the marker: the earlier run's outputs are gone only from here on."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    note = {"made_by": "python setup/smoke.py", "note": "the next smoke run into this folder deletes it first"}
+    (work / MARKER).write_text(json.dumps(note, indent=2), encoding="utf-8")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=project.GEN_MODEL / "smoke", help="where everything lands")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=project.GEN_MODEL / "smoke",
+        help="where everything lands: a new or empty folder, or an earlier smoke run's (emptied first)",
+    )
     parser.add_argument("--prompt", help="question to ask each backend (default: the first training row)")
     args = parser.parse_args(argv)
     facts = project.load()
     work = args.work_dir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    config = json.loads(project.OLIVE_CONFIG.read_text(encoding="utf-8"))
-    dataset = prepare.Layout(facts, config).train_file
+    problem = refuse_work_dir(work)
+    if problem:
+        print(f"ERROR: --work-dir {project.shown(work)}: {problem}; choose another --work-dir", file=sys.stderr)
+        return 1
+    # everything that can fail is checked before the earlier run's outputs are removed
+    config_name = project.shown(project.OLIVE_CONFIG)
+    try:
+        config = project.load_config()
+        dataset = prepare.Layout(facts, config).train_file
+    except project.ConfigError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    except prepare.PrepareError as error:
+        print(f"ERROR: {config_name}: {error}; regenerate or fix the config", file=sys.stderr)
+        return 1
     if not dataset.is_file():
         print(f"ERROR: {dataset}: no prepared training data; run `python datasets/prepare.py` first", file=sys.stderr)
+        return 1
+    cuda = chat.has_cuda()
+    try:
+        smoke_config, changes = derive_config(config, work / "tiny-model", work, cuda)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        print(
+            f"ERROR: {config_name}: not shaped like this project's Olive config ({type(error).__name__}: {error}); "
+            "run `python fine-tuning/check_config.py`, or regenerate the project",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        remake(work)
+    except OSError as error:
+        print(f"ERROR: --work-dir {project.shown(work)}: cannot empty it ({error.strerror or error})", file=sys.stderr)
         return 1
     timings: dict[str, float] = {}
     summary: dict = {"base_model": facts["base_model"], "timings_s": timings, "answers": dict()}
@@ -91,8 +142,6 @@ def main(argv=None) -> int:
     timings["tiny model"] = time.perf_counter() - started
     print(f"[smoke] tiny {facts['base_model']}-shaped model in {model_dir} ({timings['tiny model']:.1f} s)")
 
-    cuda = chat.has_cuda()
-    smoke_config, changes = derive_config(config, model_dir, work, cuda)
     config_path = work / "olive-config.json"
     config_path.write_text(json.dumps(smoke_config, indent=2, ensure_ascii=False), encoding="utf-8")
     print("[smoke] config derived from fine-tuning/olive-config.json: " + "; ".join(changes))

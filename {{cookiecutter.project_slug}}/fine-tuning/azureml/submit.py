@@ -80,8 +80,13 @@ def binding(expression: str) -> str:
 # ---------------------------------------------------------------- settings
 
 
-def load_settings(config_file: Path = CONFIG_FILE, environ=os.environ, overrides: dict | None = None) -> dict:
-    """Defaults, then config.json, then environment variables, then command-line flags."""
+def load_settings(
+    config_file: Path = CONFIG_FILE, environ=os.environ, overrides: dict | None = None, dry_run: bool = False
+) -> dict:
+    """Defaults, then config.json, then environment variables, then command-line flags.
+
+    dry_run: the workspace ids may still be placeholders (the example file, copied): the job holds none of them,
+    so they are left out and the dry run says so; any other placeholder would reach the job and is refused."""
     settings = dict(DEFAULTS)
     source = dict.fromkeys(DEFAULTS, "default")  # where each value came from, for the error messages
     if config_file.is_file():
@@ -93,7 +98,7 @@ def load_settings(config_file: Path = CONFIG_FILE, environ=os.environ, overrides
             settings[key] = environ[variable]
             source[key] = variable
     for key, value in (overrides or {}).items():
-        if value:
+        if value is not None:  # an empty flag is refused below, not taken for "not given"
             settings[key] = value
             source[key] = "--" + key.replace("_", "-")
     for key, value in settings.items():
@@ -101,8 +106,14 @@ def load_settings(config_file: Path = CONFIG_FILE, environ=os.environ, overrides
         if not isinstance(value, str):
             raise SubmitError(f"{where}: {key} is {value!r}; write it as a JSON string")
         if PLACEHOLDER.search(value):
+            if dry_run and key in WORKSPACE_KEYS:
+                continue
             fix = " (see config.example.json)" if where == str(config_file) else ""
-            raise SubmitError(f"{where}: {key} is {value!r}, a placeholder; set your own value{fix}")
+            found = f"{value!r}, a placeholder" if value.strip() else "empty"
+            raise SubmitError(f"{where}: {key} is {found}; set your own value{fix}")
+    for key in WORKSPACE_KEYS:
+        if dry_run and PLACEHOLDER.search(settings.get(key) or ""):
+            settings.pop(key, None)
     if not NAME.match(settings["compute"]):
         raise SubmitError(f"compute {settings['compute']!r} is not a compute name; use the cluster's name in Azure ML")
     if bool(settings.get("hf_token_key_vault")) != bool(settings.get("hf_token_secret")):
@@ -531,7 +542,7 @@ def parse_args(argv):
 def run(args, credential=None, **client_kwargs) -> int:
     if args.config != CONFIG_FILE and not args.config.is_file():  # the default file may be absent: env settings
         raise SubmitError(f"--config {args.config}: no such file; give the workspace config file's path")
-    settings = load_settings(args.config, overrides={"compute": args.compute})
+    settings = load_settings(args.config, overrides={"compute": args.compute}, dry_run=args.dry_run)
     if args.download:
         require_workspace(settings, args.config)
         placed = download(connect(settings, credential, **client_kwargs), args.download)
@@ -544,6 +555,9 @@ def run(args, credential=None, **client_kwargs) -> int:
         path = write_yaml(job, args.output)
         print(f"Job valid for compute {settings['compute']!r}; wrote {path}")
         print(summary)
+        unset = [key for key in WORKSPACE_KEYS if not settings.get(key)]
+        if unset:
+            print(f"Before submitting, set {', '.join(unset)} (step 3 of fine-tuning/azureml/README.md)")
         return 0
     require_workspace(settings, args.config)
     if not (project.ROOT / "model-cache" / "download.py").is_file():
