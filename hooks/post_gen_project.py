@@ -65,22 +65,35 @@ def remove_unused_variants(root: Path, context: dict) -> None:
 def run_step(title: str, python: str, args: list, root: Path, timeout) -> bool:
     """Run one project script with its output shown as it comes; report instead of raising.
 
-    Its output comes through this process rather than straight to cookiecutter's: when the reader has gone
-    (`cookiecutter ... | head`) the step would die of a broken pipe half-way, here the output is dropped."""
+    Its output (stderr too, so that the order stays) comes through this process rather than straight to
+    cookiecutter's: when the reader has gone (`cookiecutter ... | head`) the step would die of a broken pipe
+    half-way, here the output is dropped."""
     say(f"\n== {title}: {python} {' '.join(args)}")
-    # no __pycache__ folders in a freshly generated project
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PYTHONDONTWRITEBYTECODE="1",  # no __pycache__ folders in a freshly generated project
+        PYTHONUNBUFFERED="1",  # each line as it is written, not when a pipe's buffer fills
+        # a pipe would get the locale's code page on Windows: what the relay passes on is in this one's encoding
+        PYTHONIOENCODING=f"{sys.stdout.encoding or 'utf-8'}:replace",
+    )
     try:
-        with subprocess.Popen([python, *args], cwd=root, env=env, stdout=subprocess.PIPE) as process:
+        with subprocess.Popen(
+            [python, *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as process:
             reader = threading.Thread(target=relay, args=(process.stdout,), daemon=True)
             reader.start()
             try:
                 returncode = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except BaseException:  # its time limit, or Ctrl-C: the project stays, the step can be run again
                 process.kill()
+                process.wait()
                 reader.join(timeout=5)
                 raise
-            reader.join()
+            # a process the step left behind may hold the pipe open: its output is not worth waiting for
+            reader.join(timeout=5)
+    except KeyboardInterrupt:
+        say(f"\nInterrupted: {title} stopped; run it later: python {' '.join(args)}")
+        return False
     except (OSError, subprocess.SubprocessError) as error:
         say(f"WARNING: {title} did not run ({error}); run it later: python {' '.join(args)}")
         return False

@@ -38,13 +38,13 @@ def _number(key, kind, errors, low=None, high=None, low_open=False, high_open=Fa
 
 
 def _parents_made(context: dict) -> str:
-    """A slug with '/' made cookiecutter create the folders above the project's before this hook ran; it removes
-    only the project's own folder, so the message names the others."""
-    parts = str(context["project_slug"]).split("/")
-    if len(parts) < 2 or ".." in parts or "" in parts:
+    """A slug with a path separator made cookiecutter create (or reuse) the folders above the project's before
+    this hook ran; it removes only the project's own folder, so the message names the others."""
+    parts = [part for part in re.split(r"[/\\]", str(context["project_slug"])) if part not in ("", ".")]
+    if len(parts) < 2 or ".." in parts:
         return ""
     made = [str(Path.cwd().parents[i]) for i in range(len(parts) - 1)]
-    return f" (cookiecutter already made {', '.join(made)} for it: remove what is empty there)"
+    return f" (cookiecutter made or reused {', '.join(made)} for it: remove what is empty there)"
 
 
 def validate(context: dict) -> list[str]:

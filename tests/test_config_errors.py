@@ -67,10 +67,44 @@ def test_a_config_that_is_not_json_is_one_error_line_naming_it(project, python, 
     assert one_error(run_cli([python, *COMMANDS[script]], project)) == expected
 
 
+def _stray_brace(pre: dict, data: dict) -> None:
+    pre["text_template"] += "{"
+
+
+def _max_seq_len_in_words(pre: dict, data: dict) -> None:
+    pre["max_seq_len"] = "2k"
+
+
+def _no_name(pre: dict, data: dict) -> None:
+    del data["name"]
+
+
+@pytest.mark.parametrize("script", ["smoke", "prepare"])
+@pytest.mark.parametrize("edit", [_stray_brace, _max_seq_len_in_words, _no_name])
+def test_a_hand_edited_data_config_is_one_error_line(project, python, script, edit):
+    """Valid JSON, but a data config the scripts cannot use (prepare.py's Layout reads it for each of them)."""
+    path = project / CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    data = config["data_configs"][0]
+    edit(data["pre_process_data_config"], data)
+    path.write_text(json.dumps(config), encoding="utf-8")
+    line = one_error(run_cli([python, *COMMANDS[script]], project))
+    assert line.startswith(f"ERROR: {CONFIG}: "), line
+    assert line.endswith("regenerate or fix the config"), line
+
+
 @pytest.mark.parametrize("script", ["run", "benchmark_train"])
 def test_a_missing_config_flag_names_the_flag(project, python, script):
     line = one_error(run_cli([python, *COMMANDS[script], "--config", "no-such.json"], project))
     assert line.startswith("ERROR: --config no-such.json: no such file; "), line
+
+
+def test_check_config_names_a_missing_file_and_the_fix(project, python):
+    line = one_error(run_cli([python, "fine-tuning/check_config.py", "no-such.json"], project))
+    assert line == "ERROR: no-such.json: no such file; give the path of an Olive workflow config", line
+    (project / CONFIG).unlink()
+    line = one_error(run_cli([python, "fine-tuning/check_config.py"], project))
+    assert line == f"ERROR: {CONFIG}: no such file; regenerate the project", line
 
 
 def test_a_deleted_config_says_to_regenerate(project, python):

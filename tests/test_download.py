@@ -386,6 +386,14 @@ def test_offline_mode(proj, hub, cli):
     assert_fails(other, 3, f"holds commit {OLD}, not {MAIN}")
 
 
+def test_a_repo_without_the_tokenizer_vocabulary_is_refused(proj, cli):
+    """tokenizer_config.json alone makes a tokenizer with an empty vocabulary (prepare.py counted 0 tokens)."""
+    without = {name: data for name, data in FILES[OLD].items() if name not in ("tokenizer.json", "tokenizer.model")}
+    with make_hub(proj, old=without) as hub:
+        result = cli(proj, "--revision", OLD, endpoint=hub.endpoint)
+    assert_fails(result, 1, f"at {OLD} has no tokenizer.json: is it a transformers model?")
+
+
 def assert_space_fix(error: str, proj: Path) -> None:
     """The way out keeps the model where fine-tuning/olive-config.json reads it."""
     config = json.loads((proj / "fine-tuning" / "olive-config.json").read_text(encoding="utf-8"))

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_slug_with_slashes_names_the_folders_cookiecutter_made_first(tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ") and "Stopping" not in line]
     assert len(errors) == 1 and errors[0].startswith("ERROR: project_slug: 'a/b/c' is not a folder name"), errors
-    assert errors[0].endswith(f"(cookiecutter already made {tmp_path / 'a/b'}, {tmp_path / 'a'} for it: remove what "
+    assert errors[0].endswith(f"(cookiecutter made or reused {tmp_path / 'a/b'}, {tmp_path / 'a'} for it: remove what "
                               "is empty there)")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/b"]
 
@@ -208,7 +209,9 @@ def test_download_with_the_hub_unreachable_keeps_the_project_and_says_how_to_fet
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== Base model download" in result.stdout
-    assert "ERROR: " in result.stderr and "Traceback" not in result.stderr
+    # the step's own lines come through the hook's output, stderr with stdout so that their order stays
+    assert "ERROR: " in result.stdout.split("== Base model download")[1]
+    assert "Traceback" not in result.stdout + result.stderr
     assert "the download did not finish (the line above says why); fix that, then run" in result.stdout
     assert "== Environment check" not in result.stdout
     project = tmp_path / "out" / DEFAULT_SLUG
@@ -220,7 +223,7 @@ def test_download_through_the_hook_against_a_local_hub(tmp_path):
     """download_model=yes fetches the pinned files from a real HTTP hub on 127.0.0.1 during generation."""
     model = CONTEXT["base_model"][0]
     revision = CONTEXT["_models"][model]["revision"]
-    files = {"config.json": b'{"model_type": "phi3"}', "tokenizer_config.json": b"{}",
+    files = {"config.json": b'{"model_type": "phi3"}', "tokenizer_config.json": b"{}", "tokenizer.json": b"{}",
              "model.safetensors": b"\0" * 4096, "pytorch_model.bin": b"\1" * 64}
     with HubServer() as hub:
         hub.add_repo(model, revision, files)
@@ -232,7 +235,7 @@ def test_download_through_the_hook_against_a_local_hub(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     target = tmp_path / "out" / DEFAULT_SLUG / "model-cache" / model
     assert sorted(p.name for p in target.iterdir() if p.is_file()) == [
-        "config.json", "model.safetensors", "tokenizer_config.json"]
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert "  python model-cache/download.py" not in result.stdout.split("Next steps")[1]
 
 
@@ -248,6 +251,30 @@ def test_output_piped_into_a_reader_that_leaves_keeps_the_whole_project(tmp_path
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     datasets = tmp_path / "out" / DEFAULT_SLUG / "datasets"
     assert all((datasets / name).stat().st_size > 0 for name in ("train.jsonl", "eval.jsonl"))
+
+
+def hook_functions() -> dict:
+    """The post-generation hook's functions, its one Jinja expression (the answers) filled with an empty object."""
+    source = (TEMPLATE / "hooks/post_gen_project.py").read_text(encoding="utf-8")
+    namespace = {"__name__": "post_gen_project"}
+    exec(compile(source.replace('r"""{{ cookiecutter | jsonify }}"""', '"{}"'), "post_gen_project", "exec"), namespace)
+    return namespace
+
+
+def test_a_hook_step_keeps_its_output_in_order_and_its_time_limit(tmp_path, capfd):
+    run_step = hook_functions()["run_step"]
+    interleaved = "import sys\nfor i in range(50):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n"
+    assert run_step("order", sys.executable, ["-c", interleaved], tmp_path, 60) is True
+    shown = capfd.readouterr().out.splitlines()
+    expected = [f"{stream} {i}" for i in range(50) for stream in ("out", "err")]
+    assert [line for line in shown if line.split(" ")[0] in ("out", "err")] == expected
+    # a step past its time limit is stopped and reported; one that leaves a process behind does not hold the hook
+    started = time.monotonic()
+    assert run_step("slow", sys.executable, ["-c", "import time; time.sleep(60)"], tmp_path, 2) is False
+    assert "WARNING: slow did not run" in capfd.readouterr().out
+    leaves = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    assert run_step("leaves", sys.executable, ["-c", leaves], tmp_path, 60) is True
+    assert time.monotonic() - started < 20
 
 
 # a CUDA project with an ONNX model makes .venv-onnx-cuda right after the main environment (setup/onnx_cuda_env.py)

@@ -397,7 +397,8 @@ def test_incomplete_model_cache_tokenizer_falls_back_to_the_estimate_with_the_re
     # would count 0 tokens and no row would ever be over max_seq_len
     if kind == "config-only":
         shutil.copy(tokenizer_dir / "tokenizer_config.json", model_cache)
-        reason = "no tokenizer.json; download incomplete? python model-cache/download.py"
+        reason = ("no tokenizer.json (nor tokenizer.model, nor vocab.json + merges.txt); download incomplete? "
+                  "python model-cache/download.py")
     else:
         empty_vocabulary(model_cache, tokenizer_dir)
         reason = "its tokenizer encodes text to 0 tokens"

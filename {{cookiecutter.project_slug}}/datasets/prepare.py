@@ -45,6 +45,16 @@ class Layout:
     """What training reads: the text template, its two fields, the length limit and the two output files."""
 
     def __init__(self, facts: dict, config: dict):
+        try:
+            self._read(facts, config)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            # a hand-edited data config: a stray brace in text_template, a max_seq_len of "2k", a missing name
+            raise PrepareError(
+                f"its data_configs cannot be read ({type(error).__name__}: {error}); "
+                "`python fine-tuning/check_config.py` says more"
+            ) from None
+
+    def _read(self, facts: dict, config: dict) -> None:
         data = {d["name"]: d for d in config.get("data_configs", [])}
         chat = facts["chat_format"]
         q, a = facts["question_column"], facts["answer_column"]
@@ -94,14 +104,10 @@ def load_tokenizer(folder: Path):
     if not folder.is_dir():
         raise TokenizerUnusable("not a folder" if folder.exists() else "no such folder")
     has_json = (folder / "tokenizer.json").is_file()
-    # transformers builds a tokenizer from tokenizer_config.json alone, with an empty vocabulary: a download
-    # cut short would count every sample as 0 tokens and the max_seq_len check would pass everything
-    if not (
-        has_json
-        or (folder / "tokenizer.model").is_file()
-        or all((folder / name).is_file() for name in ("vocab.json", "merges.txt"))
-    ):
-        raise TokenizerUnusable("no tokenizer.json")
+    # a download cut short would count every sample as 0 tokens and the max_seq_len check would pass everything
+    missing = project.tokenizer_missing(folder)
+    if missing:
+        raise TokenizerUnusable(missing)
     try:
         import transformers
     except ImportError:

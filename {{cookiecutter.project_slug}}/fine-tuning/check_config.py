@@ -188,11 +188,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", type=Path, default=default, help="Olive workflow config (JSON)")
     args = parser.parse_args(argv)
-    if not args.config.is_file():
-        print(f"ERROR: {args.config}: no such file", file=sys.stderr)
-        return 2
     try:
-        project.load_config(args.config)  # a JSON mistake in one line, before Olive's longer account of it
+        project.load_config(args.config, flag="")  # a JSON mistake in one line, before Olive's longer account of it
     except project.ConfigError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1

@@ -102,8 +102,9 @@ def load_tokenizer(paths: dict[str, Path]):
     from transformers import AutoTokenizer
 
     for name in ("merged", "base", "onnx"):
-        if (paths[name] / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(paths[name])
+        folder = paths[name]
+        if (folder / "tokenizer_config.json").is_file() and not project.tokenizer_missing(folder):
+            return AutoTokenizer.from_pretrained(folder)
     raise BenchmarkError("no tokenizer found next to any model; run `python fine-tuning/run.py` first")
 
 
@@ -116,7 +117,10 @@ def read_rows(facts: dict) -> list[dict]:
         config = project.load_config()
     except project.ConfigError as error:
         raise BenchmarkError(str(error)) from None
-    train = prepare.Layout(facts, config).train_file
+    try:
+        train = prepare.Layout(facts, config).train_file
+    except prepare.PrepareError as error:
+        raise BenchmarkError(f"{project.shown(project.OLIVE_CONFIG)}: {error}; regenerate or fix the config") from None
     if not train.is_file():
         raise BenchmarkError(f"{train}: no prepared data; run `python datasets/prepare.py` first")
     # prepare.py keeps an output that differs from what it would write unless --force

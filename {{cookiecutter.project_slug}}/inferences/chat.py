@@ -327,8 +327,8 @@ class OnnxBackend:
                 raise
             # e.g. a CPU-only onnxruntime-genai: "Cuda interface not available"
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            if provider == "cuda" and onnx_cuda_env.running_in():
-                # the environment made for ONNX on CUDA holds a genai without it: that environment is the fix
+            if provider == "cuda" and onnx_cuda_env.running_in() and onnx_cuda_env.genai_cuda_library() is None:
+                # the environment made for ONNX on CUDA holds a genai without CUDA: that environment is the fix
                 raise Unavailable(f"onnx on CUDA: {onnx_cuda_env.fix(reason)}") from error
             raise Unavailable(
                 f"onnx on {provider}: {reason}. Answer on the CPU with --provider cpu, or install what "

@@ -232,6 +232,8 @@ def _complete(path: Path, size: int) -> bool:
 def check_files(local_dir: Path) -> list[str]:
     """What the workflow needs that is not in local_dir (what snapshot_download cannot vouch for offline)."""
     missing = [name for name in ("config.json", "tokenizer_config.json") if not (local_dir / name).is_file()]
+    if project.tokenizer_missing(local_dir):
+        missing.append("tokenizer.json")
     index = local_dir / "model.safetensors.index.json"
     if index.is_file():
         shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())

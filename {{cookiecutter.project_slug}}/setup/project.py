@@ -34,16 +34,30 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+# The files that hold a tokenizer's vocabulary, any one group: Phi-3 and Phi-3.5 ship tokenizer.json and a
+# sentencepiece tokenizer.model, Phi-4-mini tokenizer.json and a BPE vocab.json + merges.txt. transformers builds
+# a tokenizer from tokenizer_config.json alone, with an empty vocabulary: every text would be 0 tokens.
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+
+
+def tokenizer_missing(folder: Path) -> str | None:
+    """What folder lacks to hold a tokenizer with its vocabulary, or None."""
+    if any(all((folder / name).is_file() for name in group) for group in TOKENIZER_FILES):
+        return None
+    return "no tokenizer.json (nor tokenizer.model, nor vocab.json + merges.txt)"
+
+
 def load_config(path: Path = OLIVE_CONFIG, flag: str = "--config") -> dict:
     """The Olive workflow config as a dict, or ConfigError. flag: the option that named a path other than the
-    project's config, so that a mistyped path is blamed on the option, not on the project."""
+    project's config, so that a mistyped path is blamed on the option, not on the project ("" for an argument)."""
     ours = path.resolve() == OLIVE_CONFIG.resolve()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if ours:
             raise ConfigError(f"{shown(path)}: no such file; regenerate the project") from None
-        raise ConfigError(f"{flag} {path}: no such file; give the path of an Olive workflow config") from None
+        named = f"{flag} {path}" if flag else str(path)
+        raise ConfigError(f"{named}: no such file; give the path of an Olive workflow config") from None
     except OSError as error:
         raise ConfigError(f"{shown(path)}: cannot read it ({error.strerror or error})") from None
     except UnicodeDecodeError:
