@@ -60,6 +60,8 @@ def remove_unused_variants(root: Path, context: dict) -> None:
         shutil.rmtree(root / "fine-tuning" / "azureml", ignore_errors=True)
     if context["execution_provider"] != "cuda" or context["onnx_precision"] == "none":
         (root / "setup" / "requirements-onnx-cuda.txt").unlink(missing_ok=True)
+    if context["finetune_method"] == "none":
+        (root / "setup" / "benchmark_train.py").unlink(missing_ok=True)  # a convert-only project trains nothing
 
 
 def run_step(title: str, python: str, args: list, root: Path, timeout) -> bool:

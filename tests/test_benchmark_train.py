@@ -164,8 +164,11 @@ def test_a_malformed_compare_is_one_error_before_any_work(projects, python, item
     assert "[benchmark]" not in result.stdout
 
 
-def test_a_convert_only_project_says_it_does_not_train(projects, python):
-    result = benchmark(python, projects["none"], "--tiny")
+def test_a_config_without_training_is_refused(projects, python):
+    """A convert-only project has no benchmark_train.py; a config without a LoRA/QLoRA pass given to it says so."""
+    assert not (projects["none"] / "setup/benchmark_train.py").exists()
+    convert_only = projects["none"] / "fine-tuning/olive-config.json"
+    result = benchmark(python, projects["lora"], "--tiny", "--config", str(convert_only))
     assert result.returncode == 1
     assert result.stderr.strip().startswith("ERROR: ") and len(result.stderr.strip().splitlines()) == 1
     assert "no LoRA/QLoRA pass" in result.stderr

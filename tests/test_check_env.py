@@ -771,7 +771,10 @@ def test_host_ram_row_reads_this_machine(projects):
         return
     if memory.source == "/proc/meminfo":
         assert ram["detail"].startswith(f"{meminfo_gib('MemTotal'):.1f} GiB, ")
-    assert ram["detail"].endswith("; building the int4 ONNX model peaks at about 11.4 GiB (measured, 3.8 B model)")
+    assert ram["detail"].endswith(
+        "; the int4 workflow (training to the ONNX model, one olive run) peaks at about 11.4 GiB "
+        "(measured, 3.8 B model)"
+    )
     total, available = (float(part.split()[0]) for part in ram["detail"].split(";")[0].split(", "))
     assert ram["status"] == ("fail" if total < 11.4 else "warn" if available < 11.4 else "ok"), ram
     azure, _ = checks(projects["azure_cpu"], "--fast")
@@ -785,7 +788,8 @@ def test_host_ram_row_reads_this_machine(projects):
     [
         (
             {"finetune_method": "lora", "onnx_precision": "int4"}, 8.0, 7.5, "fail",
-            "8.0 GiB, 7.5 GiB available; building the int4 ONNX model peaks at about 11.4 GiB",
+            "8.0 GiB, 7.5 GiB available; the int4 workflow (training to the ONNX model, one olive run) peaks at "
+            "about 11.4 GiB",
             "run the workflow on a machine with at least 11.4 GiB of RAM, or generate the project with "
             "compute_target=azureml",
         ),
@@ -799,6 +803,18 @@ def test_host_ram_row_reads_this_machine(projects):
             {"finetune_method": "lora", "onnx_precision": "none"}, 31.3, 5.0, "warn",
             "31.3 GiB, 5.0 GiB available; merging the adapter peaks at about 7.7 GiB",
             "close programs to free about 2.7 GiB before fine-tuning/run.py",
+        ),
+        (
+            {"finetune_method": "none", "onnx_precision": "int4"}, 8.0, 7.5, "fail",
+            "8.0 GiB, 7.5 GiB available; building the int4 ONNX model peaks at about 10.9 GiB",
+            "run the workflow on a machine with at least 10.9 GiB of RAM, or generate the project with "
+            "compute_target=azureml",
+        ),
+        (
+            {"finetune_method": "none", "onnx_precision": "fp32"}, 12.0, 11.5, "fail",
+            "12.0 GiB, 11.5 GiB available; building the fp32 ONNX model peaks at about 16.3 GiB",
+            "run the workflow on a machine with at least 16.3 GiB of RAM, or generate the project with "
+            "onnx_precision=int4 (about 10.9 GiB) or compute_target=azureml",
         ),
         (
             {"finetune_method": "none", "onnx_precision": "fp32"}, 31.3, 30.0, "ok",

@@ -590,7 +590,7 @@ def gpu_peak_mb(backend) -> float | None:
 
 
 def load_average() -> float | None:
-    """The 1-minute load average: recorded, and what the shared-CPU note goes by where /proc/stat is missing."""
+    """The 1-minute load average, recorded beside other_cpu_load (the shared-CPU note goes by that alone)."""
     try:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):  # Windows
