@@ -7,6 +7,7 @@ script of the generated project, so a user can re-run it and see the same output
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ PREPARE = ["datasets/prepare.py"]
 CHECK_ENV = ["setup/check_env.py", "--fast"]
 DOWNLOAD = ["model-cache/download.py"]
 STEP_TIMEOUT_S = 120
+VENV_STEP = "  python -m venv .venv && . .venv/bin/activate   # the project's own environment (README step 1)"
 PIP_STEP = "  python -m pip install -r setup/requirements.txt"
 YES = (True, "True", "true", "yes", "y", "1")
 
@@ -168,13 +170,15 @@ def onnx_cuda_step(root: Path) -> str | None:
 def next_steps(root: Path, context: dict, download_note: str | None, data_ready: bool) -> str:
     model = context["base_model"]
     trains = context["finetune_method"] != "none"
+    azure = context["compute_target"] == "azureml"
     precision = context["onnx_precision"]
     onnx = "no ONNX model" if precision == "none" else f"ONNX {precision} on {context['execution_provider']}"
     lines = [
         "",
         f"Created {root} for {model} ({context['finetune_method']}, {onnx}).",
         "Next steps (run them from the project folder):",
-        f"  cd {root}",
+        f"  cd {shlex.quote(str(root))}",
+        VENV_STEP,
         PIP_STEP,
         "  python setup/check_env.py                 # GPU, CUDA, packages, RAM, disk: what is missing, how to fix it",
         "  python setup/smoke.py                     # offline: the whole workflow on a tiny model",
@@ -183,20 +187,25 @@ def next_steps(root: Path, context: dict, download_note: str | None, data_ready:
     if onnx_cuda:
         why = "# ONNX on CUDA: its own environment (why: setup/requirements-onnx-cuda.txt)"
         lines.insert(lines.index(PIP_STEP) + 1, f"  {onnx_cuda}   {why}")
-    if trains:
-        lines.append("  python datasets/prepare.py <your data>    # CSV/JSON/JSONL/Parquet -> the files Olive reads")
     if not data_ready:
         lines.append("  python datasets/prepare.py                # the sample set was not prepared (see above)")
-    if download_note is None:
+    if trains:
+        # the sample's train/eval.jsonl are already there: prepare.py keeps them unless --force
+        lines.append("  python datasets/prepare.py <your data> --force   # CSV/JSON/JSONL/Parquet, replaces the sample")
+    if download_note is None and not azure:  # the Azure job downloads the base model itself (job_steps.py)
         lines.append("  python model-cache/download.py            # the base model")
     elif download_note:
         lines.append(f"  # {download_note}:")
-        lines.append("  python model-cache/download.py")
+        optional = "            # optional here: the Azure job downloads its own" if azure else ""
+        lines.append(f"  python model-cache/download.py{optional}")
     lines.append("  python fine-tuning/check_config.py        # Olive reads every key of the config")
-    if context["compute_target"] == "azureml":
+    if azure:
         lines += [
+            "  python -m pip install -r fine-tuning/azureml/requirements.txt   # azure-ai-ml, to submit",
+            "  az login                                  # or a service principal (fine-tuning/azureml/README.md)",
+            "  cp fine-tuning/azureml/config.example.json fine-tuning/azureml/config.json   # fill in your ids",
             "  python fine-tuning/azureml/submit.py --dry-run   # the Azure ML job, validated locally",
-            "  python fine-tuning/azureml/submit.py             # run the workflow on your Azure ML cluster",
+            "  python fine-tuning/azureml/submit.py      # on your cluster; the job downloads the base model",
             "  python fine-tuning/azureml/submit.py --download <job>   # its models into gen-model/",
         ]
     else:

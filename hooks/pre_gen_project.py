@@ -12,7 +12,10 @@ CONTEXT = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
 # str.format field names: Olive fills text_template with str.format(**row)
 FORMAT_UNSAFE = re.compile(r"[{}\[\].!:]")
-SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")  # with fullmatch: no trailing newline slips through
+SLUG_MAX = 64
+# transformers' set_seed (numpy's seed) takes 0 .. 2**32 - 1
+SEED_MAX = 2**32 - 1
 
 
 def _number(key, kind, errors, low=None, high=None, low_open=False, high_open=False, hint=""):
@@ -51,7 +54,13 @@ def validate(context: dict) -> list[str]:
     errors: list[str] = []
     if not str(context["project_name"]).strip():
         errors.append("project_name: it is empty; enter a name such as 'Contoso Support Assistant'")
-    if not SLUG.match(str(context["project_slug"])):
+    slug = str(context["project_slug"])
+    if SLUG.fullmatch(slug) and len(slug) > SLUG_MAX:
+        errors.append(
+            f"project_slug: {slug!r} is too long; use at most {SLUG_MAX} characters (it has {len(slug)}), "
+            f"e.g. {slug[:SLUG_MAX].rstrip('-_')}"
+        )
+    elif not SLUG.fullmatch(slug):
         errors.append(
             f"project_slug: {context['project_slug']!r} is not a folder name; use lowercase letters, digits, "
             "'-' or '_', starting with a letter or digit (e.g. contoso-support-assistant)" + _parents_made(context)
@@ -67,8 +76,8 @@ def validate(context: dict) -> list[str]:
     _number("learning_rate", float, errors, low=0, low_open=True, hint="0.0001")
     for key, hint in (("max_steps", "100"), ("per_device_train_batch_size", "1"), ("gradient_accumulation_steps", "4")):
         _number(key, int, errors, low=1, hint=hint)
-    _number("seed", int, errors, low=0, hint="0")
-    _number("data_seed", int, errors, low=0, hint="42")
+    _number("seed", int, errors, low=0, high=SEED_MAX, hint="0")
+    _number("data_seed", int, errors, low=0, high=SEED_MAX, hint="42")
     _number("max_grad_norm", float, errors, low=0, low_open=True, hint="0.3")
     _number("adam_beta2", float, errors, low=0, high=1, low_open=True, high_open=True, hint="0.999")
     context_length = model["context_length"] if model else None
@@ -83,6 +92,12 @@ def validate(context: dict) -> list[str]:
             errors.append(
                 f"{key}: {name!r} contains a curly brace, square bracket, '.', '!', ':' or a newline, which Olive's "
                 "text_template cannot address; rename the column in your data (datasets/) and answer with the new name"
+            )
+        elif name.strip().isdecimal():
+            # str.format reads an all-digit field name as a position: "{2024}" is an IndexError, not a column
+            errors.append(
+                f"{key}: {name!r} is all digits, which Olive's text_template reads as a position, not a column; "
+                "rename the column in your data (datasets/) to a name with a letter, e.g. q2024, and answer with it"
             )
         elif name != name.strip():
             errors.append(

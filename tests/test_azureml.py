@@ -316,6 +316,45 @@ def test_a_placeholder_is_blamed_on_where_it_came_from(submit, project_dir, monk
         assert "config.json" not in error and "config.example.json" not in error, error
 
 
+def test_a_token_given_as_the_secret_name_is_refused_without_repeating_it(submit, project_dir, capsys):
+    """The value goes into the job's environment and log: a pasted token would be published with the job."""
+    _write_config(project_dir, hf_token_key_vault="kv-contoso", hf_token_secret=SECRET)
+    assert submit.main(["--dry-run"]) == 1
+    out = capsys.readouterr()
+    error = _error_line(out.err)
+    assert "hf_token_secret is not a Key Vault secret name" in error and SECRET not in out.out + out.err
+    assert not (project_dir / "fine-tuning/azureml/job.generated.yml").exists()
+    _write_config(project_dir, hf_token_key_vault="kv contoso!", hf_token_secret="hf-token")
+    assert submit.main(["--dry-run"]) == 1
+    assert "hf_token_key_vault is not a Key Vault name" in _error_line(capsys.readouterr().err)
+    _write_config(project_dir, hf_token_key_vault="kv-contoso", hf_token_secret="hf-token")
+    assert submit.main(["--dry-run"]) == 0, capsys.readouterr().err
+
+
+def test_a_git_repository_stays_out_of_the_code_upload(submit, project_dir, capsys):
+    """A git remote URL (or a CI's extraheader) can carry a token, and the history keeps every file ever committed."""
+    git = shutil.which("git")
+    assert git, "the test environment has git"
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_SYSTEM": os.devnull}
+    for args in (["init", "-q"], ["remote", "add", "origin", f"https://x-access-token:{SECRET}@example.com/r.git"],
+                 ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run([git, *args], cwd=project_dir, env=env, check=True, capture_output=True)
+    _write_config(project_dir)
+    assert submit.main(["--dry-run"]) == 0, capsys.readouterr().err  # the generated .gitignore lists .git/
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    uploads = [name for _, name in get_upload_files_from_folder(project_dir, ignore_file=get_ignore_file(project_dir))]
+    assert uploads and not [name for name in uploads if name.startswith(".git/")]
+    # an .amlignore replaces .gitignore: without .git/ in it, the folder is refused before anything is sent
+    (project_dir / ".amlignore").write_text("model-cache/*/\ngen-model/*\nfine-tuning/azureml/config.json\n",
+                                            encoding="utf-8")
+    assert submit.main(["--dry-run"]) == 1
+    out = capsys.readouterr()
+    error = _error_line(out.err)
+    assert error.startswith("ERROR: .git/") and "add them to .amlignore" in error, error
+    assert SECRET not in out.out + out.err
+
+
 def test_the_example_file_lists_only_known_keys(submit, project_dir):
     example = json.loads((project_dir / "fine-tuning/azureml/config.example.json").read_text(encoding="utf-8"))
     assert set(example) <= set(submit.SETTINGS)
@@ -385,6 +424,14 @@ def test_a_local_data_folder_must_hold_the_data_and_no_secret(project_dir, guard
     _one_error_line(subprocess.run(dry_run, cwd=project_dir, env=guard_env, capture_output=True, text=True),
                     "keys/id_rsa would be uploaded with the data and may hold a secret")
     (folder / "keys/id_rsa").unlink()
+    # a linked folder is uploaded too (azure-ai-ml follows it): its secret is refused as well
+    linked = tmp_path / "elsewhere"
+    linked.mkdir()
+    (linked / ".env").write_text("HF_TOKEN=x\n", encoding="utf-8")
+    (folder / "extra").symlink_to(linked, target_is_directory=True)
+    _one_error_line(subprocess.run(dry_run, cwd=project_dir, env=guard_env, capture_output=True, text=True),
+                    "extra/.env would be uploaded with the data and may hold a secret")
+    (folder / "extra").unlink()
     done = subprocess.run(dry_run, cwd=project_dir, env=guard_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -475,6 +522,7 @@ def test_unknown_workspace_is_reported(submit, project_dir, monkeypatch, capsys)
     assert submit.main(["--no-stream"], credential=FakeCredential(), show_progress=False) == 1
     error = _error_line(capsys.readouterr().err)
     assert error.startswith("ERROR: workspace 'ws-typo' not found in resource group 'rg-fake'")
+    assert SUBSCRIPTION not in error  # ids stay out of the output
     assert not fake.job_puts()
 
 
@@ -582,6 +630,12 @@ def test_no_secret_in_any_request(submitted):
         ("fine-tuning/azureml/config.json", ".amlignore"),
         ("deploy/client.pem", ".gitignore"),
         (".netrc", ".gitignore"),
+        # where a login lands when HF_HOME or AZURE_CONFIG_DIR point into the project, direnv's file, env files
+        (".hf/token", ".amlignore"),
+        (".azure/msal_token_cache.json", ".amlignore"),
+        ("azure-credentials.json", ".amlignore"),
+        (".envrc", ".amlignore"),
+        ("secrets/hf.env", ".amlignore"),
     ],
 )
 def test_secret_files_never_leave_with_the_code(submit, project_dir, monkeypatch, capsys, secret, fix):

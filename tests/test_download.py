@@ -5,6 +5,7 @@ at tests/hub_server.py on 127.0.0.1, with its own empty HF_HOME and a socket gua
 but the loopback: nothing here touches the internet or the user's token.
 """
 
+import base64
 import hashlib
 import importlib.metadata
 import json
@@ -14,7 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -368,6 +371,81 @@ def test_hub_down_with_complete_files_succeeds(proj, cli):
     assert_model(proj, OLD)
 
 
+MIRROR_PASSWORD = "hf_MirrorPasswordThatMustNeverBePrinted7"
+
+
+def with_credentials(endpoint: str) -> str:
+    """The endpoint of a private mirror that takes a user and password in the URL."""
+    return endpoint.replace("://", f"://mirror:{MIRROR_PASSWORD}@", 1)
+
+
+class _ServerError(BaseHTTPRequestHandler):
+    """A hub that answers 500 to everything: huggingface_hub puts the full URL in that error's text."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        payload = b'{"error": "Internal Error"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_HEAD = do_GET
+
+
+def assert_no_credentials(result) -> None:
+    output = result.stdout + result.stderr
+    assert MIRROR_PASSWORD not in output, output
+    assert "mirror:" not in output, output
+
+
+def test_credentials_in_hf_endpoint_are_never_printed(proj, hub, cli):
+    host = hub.endpoint.removeprefix("http://")
+    endpoint = with_credentials(hub.endpoint)
+    # the client sends the URL's user and password as Basic auth, which this hub does not know yet: 401
+    refused = cli(proj, "--repo", "microsoft/no-such-model", endpoint=endpoint)
+    assert_fails(refused, 4, f"http://***@{host}/microsoft/no-such-model")
+    assert_no_credentials(refused)
+
+    # a mirror that accepts them, as a private one would
+    hub.tokens.add("Basic " + base64.b64encode(f"mirror:{MIRROR_PASSWORD}".encode()).decode())
+    not_found = cli(proj, "--repo", "microsoft/no-such-model", endpoint=endpoint)
+    assert_fails(not_found, 5, "microsoft/no-such-model", "not found", f"http://***@{host}:")
+    assert_no_credentials(not_found)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ServerError)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        failing = f"http://127.0.0.1:{server.server_address[1]}"
+        broken = cli(proj, "--revision", OLD, endpoint=with_credentials(failing))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_fails(broken, 3, "cannot reach the Hub")
+    warning = next(line for line in broken.stderr.splitlines() if line.startswith("WARNING: cannot reach the Hub"))
+    assert "500" in warning and f"http://***@{failing.removeprefix('http://')}/api/models/" in warning, warning
+    assert_no_credentials(broken)
+
+    closed = closed_endpoint()
+    down = cli(proj, "--revision", OLD, endpoint=with_credentials(closed))
+    assert_fails(down, 3, "cannot reach the Hub")
+    assert_no_credentials(down)
+
+    # huggingface_hub logs the URL of a file whose connection dropped before it retries
+    hub.cut("tokenizer.json")
+    done = cli(proj, "--revision", OLD, endpoint=endpoint)
+    assert done.returncode == 0, done.stderr
+    assert_model(proj, OLD)
+    assert "Trying to resume download" in done.stderr and f"http://***@{host}/" in done.stderr, done.stderr
+    assert_no_credentials(done)
+
+
 def test_offline_mode(proj, hub, cli):
     missing = cli(proj, "--revision", OLD, endpoint=hub.endpoint, env={"HF_HUB_OFFLINE": "1"})
     assert_fails(missing, 3, "HF_HUB_OFFLINE")
@@ -600,6 +678,26 @@ def test_classify_needs_no_httpx2(proj):
     done = run_cli([sys.executable, "-c", script], cwd=proj, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(1, '[Errno 5] I/O error: run again; if it persists, delete here and run again')"
+
+
+def test_redact_masks_userinfo_and_tokens(proj):
+    """Error texts other than the endpoint's: a token in a query string, a password in any URL."""
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, 'model-cache')\n"
+        "import download\n"
+        "print(download.redact(sys.argv[1]))\n"
+    )
+    text = (
+        f"Server error for url 'https://user:{MIRROR_PASSWORD}@mirror.example:8443/api/models/a/b?token={TOKEN}&x=1' "
+        f"and http://{TOKEN}@cdn.example/f, Bearer {TOKEN}; hf_hub and HF_ENDPOINT stay"
+    )
+    done = run_cli([sys.executable, "-c", script, text], cwd=proj, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "Server error for url 'https://***@mirror.example:8443/api/models/a/b?token=***&x=1' "
+        "and http://***@cdn.example/f, Bearer hf_***; hf_hub and HF_ENDPOINT stay"
+    )
 
 
 def test_socket_guard_refuses_the_internet(proj, cli, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from hub_server import HubServer
 BAD_ANSWERS = [
     ({"project_slug": "Bad Slug"}, "project_slug"),
     ({"project_slug": "../escape"}, "project_slug"),
+    ({"project_slug": "a" * 65}, "project_slug"),
+    ({"project_name": "Contoso " * 9}, "project_slug"),  # the derived slug is 71 characters
     ({"project_name": "   "}, "project_name"),
     ({"lora_r": "0"}, "lora_r"),
     ({"lora_r": "sixty-four"}, "lora_r"),
@@ -26,13 +29,17 @@ BAD_ANSWERS = [
     ({"per_device_train_batch_size": "0"}, "per_device_train_batch_size"),
     ({"gradient_accumulation_steps": "1.5"}, "gradient_accumulation_steps"),
     ({"seed": "-1"}, "seed"),
+    ({"seed": str(2**32)}, "seed"),  # transformers' set_seed takes at most 2**32 - 1
     ({"data_seed": "x"}, "data_seed"),
+    ({"data_seed": str(2**32)}, "data_seed"),
     ({"max_grad_norm": "0"}, "max_grad_norm"),
     ({"adam_beta2": "1"}, "adam_beta2"),
     ({"max_seq_len": "8192"}, "max_seq_len"),  # Phi-3-mini-4k's context is 4096
     ({"max_seq_len": "4"}, "max_seq_len"),
     ({"question_column": "q.text"}, "question_column"),
     ({"answer_column": "{answer}"}, "answer_column"),
+    ({"question_column": "2024"}, "question_column"),  # str.format reads {2024} as a position
+    ({"answer_column": "2024"}, "answer_column"),
     ({"answer_column": ""}, "answer_column"),
     ({"answer_column": "Question"}, "answer_column"),
     ({"answer_column": " padded "}, "answer_column"),
@@ -63,6 +70,28 @@ def test_slug_with_slashes_names_the_folders_cookiecutter_made_first(tmp_path):
     assert errors[0].endswith(f"(cookiecutter made or reused {tmp_path / 'a/b'}, {tmp_path / 'a'} for it: remove what "
                               "is empty there)")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/b"]
+
+
+def test_too_long_slug_says_it_is_the_length(tmp_path):
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE),
+            f"project_name={'Contoso ' * 9}"]
+    result = run_cli(args, tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ") and "Stopping" not in line]
+    assert len(errors) == 1, result.stderr
+    assert "is too long; use at most 64 characters (it has 71), e.g. contoso-contoso" in errors[0]
+    assert "not a folder name" not in errors[0]
+    fix = errors[0].rsplit("e.g. ", 1)[1]
+    assert len(fix) <= 64 and not fix.endswith("-")
+    # the bad characters are named, not the length, when both are wrong
+    result = run_cli(args[:-1] + ["project_slug=" + "A" * 70], tmp_path)
+    assert "is not a folder name" in result.stderr and "too long" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prompts_say_the_slug_is_a_folder_of_at_most_64_characters():
+    prompt = CONTEXT["__prompts__"]["project_slug"]
+    assert "folder" in prompt and "64 characters" in prompt and "package" not in prompt
 
 
 def test_long_context_model_accepts_long_sequences(tmp_path):
@@ -284,25 +313,75 @@ ONNX_CUDA_STEP = (
 )
 
 
+AZURE_SETUP = [  # fine-tuning/azureml/README.md: what the dry run and the submit need, in its order
+    "python -m pip install -r fine-tuning/azureml/requirements.txt",
+    "az login",
+    "cp fine-tuning/azureml/config.example.json fine-tuning/azureml/config.json",
+    "python fine-tuning/azureml/submit.py --dry-run",
+]
+
+
+def in_order(steps: str, texts: list[str]) -> bool:
+    positions = [steps.find(text) for text in texts]
+    return -1 not in positions and positions == sorted(positions)
+
+
 @pytest.mark.parametrize(
     ("answers", "present", "absent"),
     [
-        ({"compute_target": "azureml"}, ["fine-tuning/azureml/submit.py --dry-run"], ["python fine-tuning/run.py"]),
+        ({"compute_target": "azureml"}, AZURE_SETUP, ["python fine-tuning/run.py", "python model-cache/download.py"]),
         ({"finetune_method": "none"}, ["python fine-tuning/run.py"], ["python datasets/prepare.py <your data>"]),
-        ({}, ["python fine-tuning/run.py", "python datasets/prepare.py <your data>", ONNX_CUDA_STEP], ["azureml"]),
+        ({}, ["python fine-tuning/run.py", "python datasets/prepare.py <your data> --force", ONNX_CUDA_STEP,
+              "python model-cache/download.py"], ["azureml"]),
         ({"execution_provider": "cpu"}, ["python inferences/chat.py --backend onnx"], [".venv-onnx-cuda"]),
         ({"onnx_precision": "none"}, ["(lora, no ONNX model)", "chat.py --backend merged"], [".venv-onnx-cuda"]),
     ],
     ids=["azureml", "convert-only", "default", "onnx-on-cpu", "no-onnx"],
 )
 def test_next_steps_fit_the_variant(tmp_path, answers, present, absent):
-    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(tmp_path), str(TEMPLATE),
+    out = tmp_path / "my projects"  # a folder with a space: the cd line is quoted
+    args = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(out), str(TEMPLATE),
             "check_environment=no", *[f"{k}={v}" for k, v in answers.items()]]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr
     steps = result.stdout.split("Next steps")[1]
-    assert f"cd {tmp_path / DEFAULT_SLUG}" in steps
+    assert f"  cd {shlex.quote(str(out / DEFAULT_SLUG))}\n" in steps and "'" in steps.splitlines()[1]
+    # the project README's step 1: a virtual environment first, then the pinned set into it
+    venv = "  python -m venv .venv && . .venv/bin/activate"
+    assert "\n" + venv.strip() + "\n" in (out / DEFAULT_SLUG / "README.md").read_text(encoding="utf-8")
+    assert in_order(steps, [venv, "python -m pip install -r setup/requirements.txt", "python setup/check_env.py"])
+    assert "python datasets/prepare.py                # the sample set was not prepared" not in steps
     for text in present:
         assert text in result.stdout
+    if answers.get("compute_target") == "azureml":
+        assert in_order(steps, AZURE_SETUP)
     for text in absent:
         assert text not in steps
+
+
+CONTEXTS = {
+    "local": {"base_model": "microsoft/Phi-3-mini-4k-instruct", "finetune_method": "lora", "compute_target": "local",
+              "onnx_precision": "int4", "execution_provider": "cpu"},
+}
+CONTEXTS["azureml"] = dict(CONTEXTS["local"], compute_target="azureml")
+
+
+def test_next_steps_rerun_the_sample_data_before_replacing_it(tmp_path):
+    next_steps = hook_functions()["next_steps"]
+    steps = next_steps(tmp_path, CONTEXTS["local"], None, False)
+    assert in_order(steps, ["python datasets/prepare.py                # the sample set was not prepared",
+                            "python datasets/prepare.py <your data> --force", "python model-cache/download.py"])
+    steps = next_steps(tmp_path, dict(CONTEXTS["local"], finetune_method="none"), None, False)
+    assert "the sample set was not prepared" in steps and "<your data>" not in steps
+
+
+def test_next_steps_on_azure_do_not_require_the_local_download(tmp_path):
+    next_steps = hook_functions()["next_steps"]
+    steps = next_steps(tmp_path, CONTEXTS["azureml"], None, True)
+    assert "model-cache/download.py" not in steps
+    assert "the job downloads the base model" in steps
+    assert in_order(steps, ["<your data> --force", "python fine-tuning/check_config.py", *AZURE_SETUP,
+                            "python fine-tuning/azureml/submit.py      #", "submit.py --download <job>"])
+    # asked for the download and it could not run: the command is offered, as optional here
+    steps = next_steps(tmp_path, CONTEXTS["azureml"], "the download did not finish; fix that, then run", True)
+    assert "then run:\n  python model-cache/download.py            # optional here: the Azure job" in steps

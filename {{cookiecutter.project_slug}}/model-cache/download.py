@@ -73,6 +73,45 @@ class DownloadError(Exception):
         self.code = code
 
 
+# A private mirror's user and password ride in HF_ENDPOINT (scheme://user:pass@host), and huggingface_hub puts
+# the full URL into its error texts; a token can ride in a query string. Up to the last "@" before the path,
+# as URL parsers split it, so a raw "@" inside the password does not leave its tail behind.
+_USERINFO = re.compile(r"(?<=://)[^/\s?#]*@")
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&][^=&\s]*(?:token|password|passwd|secret|signature|sig|key|credential)[^=&\s]*=)[^&\s#'\"]+"
+)
+# a Hugging Face token is hf_ and 34 letters or digits; the floor spares names such as hf_hub or hf_xet
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+
+
+def redact(text: str) -> str:
+    """text without the credentials a URL in it may carry: what this script prints goes into logs."""
+    text = _USERINFO.sub("***@", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    return _HF_TOKEN.sub("hf_***", text)
+
+
+def report(level: str, text: str) -> None:
+    """An ERROR or WARNING line: error texts and the endpoint end up here, so redact() runs here for all of them."""
+    print(f"{level}: {redact(text)}", file=sys.stderr)
+
+
+class _RedactLog:
+    """A logging filter: huggingface_hub logs the URL of each request it retries ("Error while downloading from")."""
+
+    def filter(self, record) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+def redact_hub_log() -> None:
+    import logging
+
+    for handler in logging.getLogger("huggingface_hub").handlers + logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactLog) for f in handler.filters):
+            handler.addFilter(_RedactLog())
+
+
 def human(size: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
@@ -247,6 +286,7 @@ def download(repo: str, revision: str, local_dir: Path) -> str | None:
     """Download (or, offline, check) the files; return the commit they are, None where that is unknown."""
     from huggingface_hub import is_offline_mode, snapshot_download
 
+    redact_hub_log()
     local_only = is_offline_mode()
     commit = None
     if not local_only:
@@ -258,7 +298,7 @@ def download(repo: str, revision: str, local_dir: Path) -> str | None:
             if classify(error, repo, revision, local_dir)[0] != EXIT_OFFLINE:
                 raise
             # no Hub: the files already here may still be complete, which check_files judges below
-            print(f"WARNING: cannot reach the Hub ({_first_line(error)}); checking {local_dir}", file=sys.stderr)
+            report("WARNING", f"cannot reach the Hub ({_first_line(error)}); checking {local_dir}")
             local_only = True
     if local_only:
         check_local_commit(local_dir, revision)
@@ -389,7 +429,7 @@ def main(argv=None) -> int:
     try:
         check_hub_version()
     except DownloadError as error:
-        print(f"ERROR: {error}", file=sys.stderr)
+        report("ERROR", str(error))
         return error.code
     facts = project.load()
     repo = args.repo or facts["base_model"]
@@ -397,10 +437,7 @@ def main(argv=None) -> int:
     revision = args.revision or (facts.get("revision") if repo == facts["base_model"] else None)
     unpinned = not revision
     if unpinned:
-        print(
-            f"WARNING: no revision pinned for {repo}: downloading the current main branch, unpinned",
-            file=sys.stderr,
-        )
+        report("WARNING", f"no revision pinned for {repo}: downloading the current main branch, unpinned")
         revision = "main"
     model_dir = (project.ROOT / facts["model_dir"]).resolve()
     local_dir = (args.local_dir or model_dir).resolve()
@@ -411,13 +448,13 @@ def main(argv=None) -> int:
         with download_lock(local_dir):
             commit = download(repo, revision, local_dir)
     except DownloadError as error:
-        print(f"ERROR: {error}", file=sys.stderr)
+        report("ERROR", str(error))
         return error.code
     except Exception as error:
         code, message = classify(error, repo, revision, local_dir)
         if not code:
             raise
-        print(f"ERROR: {message}", file=sys.stderr)
+        report("ERROR", message)
         return code
 
     print(f"Model ready: {local_dir}")

@@ -64,7 +64,20 @@ SECRET_FILES = (
     "id_rsa",
     "id_ecdsa",
     "id_ed25519",
+    "*.env",
+    ".envrc",
+    "token",  # huggingface_hub's login file (HF_HOME/token), and its stored_tokens
+    "stored_tokens",
+    "msal_token_cache*",  # the Azure CLI's login cache, where AZURE_CONFIG_DIR points into the project
+    "service_principal_entries.json",
+    "*credentials*.json",
 )
+# Folders that hold credentials as a whole: git's (a remote URL or an extraheader can carry a token, and the
+# history keeps every file ever committed) and the Azure CLI's
+SECRET_FOLDERS = (".git", ".azure")
+# Key Vault's own rules: a secret's name, a vault's name (or its URL); an HF token has '_', so it never passes
+SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+VAULT = re.compile(r"^([A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]|https://[^\s/]+/?)$")
 DATA_URI = re.compile(r"^(azureml://datastores/[^/]+/paths/.+|azureml:[^:@]+[:@].+|(https|wasbs|abfss)://.+)$")
 
 
@@ -119,6 +132,18 @@ def load_settings(
     if bool(settings.get("hf_token_key_vault")) != bool(settings.get("hf_token_secret")):
         raise SubmitError(
             "hf_token_key_vault and hf_token_secret go together: set both (the vault and the secret's name) or neither"
+        )
+    # the values go into the job's environment and its log: a token pasted here would be published, so it is
+    # refused without being repeated
+    if settings.get("hf_token_secret") and not SECRET_NAME.match(settings["hf_token_secret"]):
+        raise SubmitError(
+            f"{source['hf_token_secret']}: hf_token_secret is not a Key Vault secret name (letters, digits and '-'); "
+            "give the name the token is stored under (e.g. hf-token), never the token itself"
+        )
+    if settings.get("hf_token_key_vault") and not VAULT.match(settings["hf_token_key_vault"]):
+        raise SubmitError(
+            f"{source['hf_token_key_vault']}: hf_token_key_vault is not a Key Vault name (3-24 letters, digits and "
+            "'-') or URL; give the vault's name"
         )
     return settings
 
@@ -201,8 +226,11 @@ def data_input(spec: str | None):
             f"--data {spec}: no {', '.join(absent)} there, which fine-tuning/olive-config.json reads; make them with "
             "`python datasets/prepare.py <your data>` and give the folder holding them"
         )
-    # the whole folder is uploaded, as the code is: the same refusal of secret-looking files
-    secrets = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and _is_secret(p.name))
+    # the whole folder is uploaded, as the code is: the same refusal of secret-looking files, listed by azure-ai-ml's
+    # own walk (it follows symbolic links to folders, which Path.rglob does not enter)
+    from azure.ai.ml._utils._asset_utils import get_upload_files_from_folder
+
+    secrets = sorted(name for _, name in get_upload_files_from_folder(folder) if _is_secret(name))
     if secrets:
         raise SubmitError(
             f"--data {spec}: {', '.join(secrets[:3])} would be uploaded with the data and may hold a secret; "
@@ -408,8 +436,8 @@ def check_target(ml_client, settings: dict) -> None:
         ml_client.workspaces.get(workspace)
     except ResourceNotFoundError:
         raise SubmitError(
-            f"workspace {workspace!r} not found in resource group {settings['resource_group']!r} of subscription "
-            f"{settings['subscription_id']}: check fine-tuning/azureml/config.json (or AZUREML_WORKSPACE_NAME)"
+            f"workspace {workspace!r} not found in resource group {settings['resource_group']!r} of the configured "
+            "subscription: check fine-tuning/azureml/config.json (or AZUREML_WORKSPACE_NAME)"
         ) from None
     except HttpResponseError as error:
         raise SubmitError(
@@ -501,8 +529,11 @@ def _local_path(job_path: str, gen_dir: Path) -> Path:
 
 
 def _is_secret(name: str) -> bool:
-    basename = name.rsplit("/", 1)[-1].lower()
-    return any(fnmatch.fnmatchcase(basename, pattern) for pattern in SECRET_FILES)
+    """name: a path relative to the uploaded folder, with '/'."""
+    parts = name.lower().split("/")
+    if any(part in SECRET_FOLDERS for part in parts[:-1]):
+        return True
+    return any(fnmatch.fnmatchcase(parts[-1], pattern) for pattern in SECRET_FILES)
 
 
 def _relative(path: Path) -> str | None:
@@ -577,7 +608,8 @@ def main(argv=None, credential=None, **client_kwargs) -> int:
     try:
         return run(args, credential, **client_kwargs)
     except SubmitError as error:
-        print(f"ERROR: {error}", file=sys.stderr)
+        # Azure's own messages name subscription, tenant and client ids: kept out of the output like the login's
+        print(f"ERROR: {AZURE_ID.sub('<id>', str(error))}", file=sys.stderr)
         return 1
     except ImportError as error:
         print(
