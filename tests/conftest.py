@@ -28,6 +28,18 @@ def run_cli(args: list[str], cwd: Path, input_text: str | None = None, timeout: 
     )
 
 
+def venv_reading(venv: Path, folder: str | Path) -> Path:
+    """A real venv (no pip) whose site-packages also reads folder through a .pth file; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    (Path(site) / "reading.pth").write_text(f"{folder}\n", encoding="utf-8")
+    return python
+
+
 def foreground_sigint() -> None:
     """preexec_fn: the child gets Ctrl-C as a terminal's foreground job does. A shell's background job (CI
     started with `&`, nohup) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored, so without

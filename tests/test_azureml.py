@@ -355,6 +355,16 @@ def test_a_git_repository_stays_out_of_the_code_upload(submit, project_dir, caps
     assert SECRET not in out.out + out.err
 
 
+def test_a_broken_olive_config_is_one_error_line(submit, project_dir, capsys):
+    """The job reads the data files the Olive config names: the same reader, the same one line, as run.py's."""
+    config = project_dir / "fine-tuning/olive-config.json"
+    config.write_text(config.read_text(encoding="utf-8").rstrip()[:-1] + ",}", encoding="utf-8")
+    _write_config(project_dir)
+    assert submit.main(["--dry-run"]) == 1
+    error = _error_line(capsys.readouterr().err)
+    assert error.startswith("ERROR: fine-tuning/olive-config.json: not valid JSON (line "), error
+
+
 def test_the_example_file_lists_only_known_keys(submit, project_dir):
     example = json.loads((project_dir / "fine-tuning/azureml/config.example.json").read_text(encoding="utf-8"))
     assert set(example) <= set(submit.SETTINGS)

@@ -11,7 +11,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import bake, foreground_sigint, run_cli
+from conftest import bake, foreground_sigint, run_cli, venv_reading
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +86,11 @@ def test_thread_setting_reaches_onnxruntime_genai(smoke_project, python, tmp_pat
     assert out.with_suffix(".png").is_file()
 
 
-def venv_reading_these_packages(python: str, venv: Path) -> Path:
-    """A real venv that reads this environment's packages through a .pth file; returns its python."""
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    other = venv / "bin" / "python"
-    site = subprocess.run(
-        [other, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    (Path(site) / "main.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
-    return other
-
-
 @pytest.mark.pipeline
 def test_onnx_backend_runs_in_the_interpreter_given(smoke_project, python, tmp_path):
     """--onnx-python (on CUDA: .venv-onnx-cuda, setup/onnx_cuda_env.py) runs the onnx worker in another
     environment: here a real venv that reads this one's packages through a .pth file, so the figures come back."""
-    other = venv_reading_these_packages(python, tmp_path / "onnx-env")
+    other = venv_reading(tmp_path / "onnx-env", sysconfig.get_paths()["purelib"])
     out = tmp_path / "other.json"
     result = run_cli(
         [python, "inferences/benchmark.py", "--tiny", "--backends", "onnx,merged", "--new-tokens", "4",
@@ -122,7 +110,7 @@ def test_onnx_on_cuda_runs_in_the_projects_onnx_environment_by_default(smoke_pro
     when it was made. Its genai here is the CPU build, so the worker fails there, and the fix named is that
     environment's own."""
     project = Path(shutil.copytree(smoke_project, tmp_path / "project"))
-    onnx_env = venv_reading_these_packages(python, project / ".venv-onnx-cuda")
+    onnx_env = venv_reading(project / ".venv-onnx-cuda", sysconfig.get_paths()["purelib"])
     out = tmp_path / "cuda.json"
     result = benchmark(project, python, "--backends", "onnx", "--provider", "cuda", "--out", str(out))
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]

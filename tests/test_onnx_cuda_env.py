@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONTEXT, bake
+from conftest import CONTEXT, bake, venv_reading
 
 BNB = Path(importlib.util.find_spec("bitsandbytes").submodule_search_locations[0])
 LOADS = BNB / "libbitsandbytes_cpu.so"
@@ -44,15 +44,7 @@ def stand_in_genai(folder: Path, version: str, library: Path) -> Path:
 
 def make_onnx_env(project: Path, genai_on_path: Path) -> Path:
     """A real venv at the project's .venv-onnx-cuda whose site-packages also reads genai_on_path."""
-    env = project / ".venv-onnx-cuda"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
-    python = env / "bin" / "python"
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    (Path(site) / "stand_in.pth").write_text(f"{genai_on_path}\n", encoding="utf-8")
-    return python
+    return venv_reading(project / ".venv-onnx-cuda", genai_on_path)
 
 
 @pytest.fixture(scope="module")

@@ -60,11 +60,12 @@ def check(config_path: Path) -> list[str]:
     olive_logger.addHandler(collector)
     problems: list[str] = []
     try:
+        # a JSON mistake in one line (ConfigError), before Olive's longer account of it
+        raw = project.load_config(config_path, flag="")
         run_config = RunConfig.parse_file_or_obj(str(config_path))
         package_config = OlivePackageConfig.load_default_config()
 
         # Olive adds model_name/task/trust_remote_code itself; only the user's keys are checked here.
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
         for data_config in raw.get("data_configs", []):
             params = dict(data_config.get("pre_process_data_config") or {})
             params.pop("type", None)
@@ -189,12 +190,10 @@ def main(argv=None) -> int:
     parser.add_argument("config", nargs="?", type=Path, default=default, help="Olive workflow config (JSON)")
     args = parser.parse_args(argv)
     try:
-        project.load_config(args.config, flag="")  # a JSON mistake in one line, before Olive's longer account of it
+        problems = check(args.config)
     except project.ConfigError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    try:
-        problems = check(args.config)
     except Exception as error:  # noqa: BLE001 - any parse error is the user's config, say it in one line
         print(f"ERROR: {args.config}: Olive cannot read it: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

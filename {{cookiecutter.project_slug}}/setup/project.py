@@ -119,7 +119,7 @@ def drop_gpu_only(training_args: dict) -> list[str]:
 
 def data_files(config: dict | None = None) -> list[str]:
     """The training data files the Olive config reads, relative to the project root."""
-    config = config or json.loads(OLIVE_CONFIG.read_text(encoding="utf-8"))
+    config = config or load_config()
     names = []
     for data_config in config.get("data_configs", []):
         files = data_config.get("load_dataset_config", {}).get("data_files")

@@ -607,7 +607,7 @@ def main(argv=None, credential=None, **client_kwargs) -> int:
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     try:
         return run(args, credential, **client_kwargs)
-    except SubmitError as error:
+    except (SubmitError, project.ConfigError) as error:
         # Azure's own messages name subscription, tenant and client ids: kept out of the output like the login's
         print(f"ERROR: {AZURE_ID.sub('<id>', str(error))}", file=sys.stderr)
         return 1
